@@ -1,0 +1,32 @@
+//! The seam between the [`EventBus`](super::EventBus) handle and what carries events.
+
+use std::{fmt, future::Future, pin::Pin};
+
+use super::{hub::Hub, Health, Published, Subscription, Topic};
+use crate::{error::BusError, event::Event};
+
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a backend provides. Every backend delivers to local subscribers through its [`Hub`];
+/// the backends differ in how events get from a publisher to the hubs of all instances.
+pub(crate) trait Backend: fmt::Debug + Send + Sync + 'static {
+    /// Assigns the event its id, encodes it once and carries it to every instance.
+    fn publish(&self, topic: Topic, event: Event) -> BoxFuture<'_, Result<Published, BusError>>;
+
+    /// Registers a subscriber; `topics` are sorted and unique. The subscription must be live
+    /// when the future completes.
+    fn subscribe(
+        &self,
+        topics: Vec<Topic>,
+        resume: Option<String>,
+    ) -> BoxFuture<'_, Result<Subscription, BusError>>;
+
+    /// Whether the backend's connections are up.
+    fn health(&self) -> Health;
+
+    /// Releases the backend's connections and tasks; the hub was already closed.
+    fn shutdown(&self) {}
+
+    /// The local fan-out.
+    fn hub(&self) -> &Hub;
+}

@@ -1,0 +1,123 @@
+//! Event ids, which double as resume cursors.
+//!
+//! An id is `EPOCH-SEQUENCE`: the epoch (8 hex digits) names one history of the bus, and the
+//! sequence number orders every event of that history, across all topics. So the id of the last
+//! event a client saw on a stream carrying several topics is enough to resume all of them: the
+//! client missed exactly the events of those topics with a higher sequence number.
+//!
+//! When the history is lost (the process restarted, or Redis came back empty), the epoch
+//! changes, and an id from the old epoch is recognised as such instead of being mistaken for a
+//! position in the new history.
+
+use std::{fmt, str::FromStr};
+
+use crate::error::InvalidEventId;
+
+/// The longest `Last-Event-ID` value looked at; longer values are invalid without being parsed.
+pub(crate) const MAX_ID_LEN: usize = 64;
+
+/// The id of a published event, and the cursor to resume after it.
+///
+/// # Example
+///
+/// ```
+/// use tower_sse::EventId;
+///
+/// let id: EventId = "0a1b2c3d-42".parse()?;
+/// assert_eq!(id.sequence(), 42);
+/// assert_eq!(id.to_string(), "0a1b2c3d-42");
+/// assert!("42".parse::<EventId>().is_err());
+/// # Ok::<_, tower_sse::InvalidEventId>(())
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventId {
+    epoch: u32,
+    seq: u64,
+}
+
+impl EventId {
+    pub(crate) fn new(epoch: u32, seq: u64) -> Self {
+        Self { epoch, seq }
+    }
+
+    /// The history this id belongs to.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// The position of the event in its history.
+    pub fn sequence(&self) -> u64 {
+        self.seq
+    }
+}
+
+impl fmt::Debug for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EventId({self})")
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08x}-{}", self.epoch, self.seq)
+    }
+}
+
+impl FromStr for EventId {
+    type Err = InvalidEventId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = InvalidEventId::new;
+        if s.len() > MAX_ID_LEN {
+            return Err(err());
+        }
+        let (epoch, seq) = s.split_once('-').ok_or_else(err)?;
+        if epoch.len() != 8 || !epoch.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(err());
+        }
+        if seq.is_empty() || seq.len() > 20 || !seq.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(err());
+        }
+        let epoch = u32::from_str_radix(epoch, 16).map_err(|_| err())?;
+        let seq = seq.parse().map_err(|_| err())?;
+        Ok(Self { epoch, seq })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let id = EventId::new(0xdead_beef, 12);
+        assert_eq!(id.to_string(), "deadbeef-12");
+        assert_eq!("deadbeef-12".parse::<EventId>().unwrap(), id);
+        assert_eq!(
+            "00000000-18446744073709551615".parse::<EventId>().unwrap(),
+            EventId::new(0, u64::MAX)
+        );
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        for bad in [
+            "",
+            "-",
+            "12",
+            "deadbeef-",
+            "deadbee-1",
+            "deadbeefa-1",
+            "deadbeef--1",
+            "deadbeef-+1",
+            "xxxxxxxx-1",
+            "deadbeef-18446744073709551616",
+            "deadbeef-1 ",
+            "deadbeef-1\u{0}",
+            "déadbeef-1",
+        ] {
+            assert!(bad.parse::<EventId>().is_err(), "{bad:?}");
+        }
+        assert!("a".repeat(10_000).parse::<EventId>().is_err());
+    }
+}
