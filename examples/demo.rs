@@ -1,1 +1,358 @@
-fn main() {}
+//! The tower-sse demo server: live events over SSE, on the in-process bus or through Redis.
+//!
+//! ```text
+//! cargo run --example demo                      # in-process bus, http://127.0.0.1:3000
+//! cargo run --example demo -- --redis redis://127.0.0.1:6379 --listen 127.0.0.1:3001
+//! ```
+//!
+//! Open the page, subscribe to a topic, publish to it, and watch the event arrive; run two
+//! instances on one Redis and publish on one, watch the other.
+//!
+//! HTTP surface:
+//! - `GET /`: the page.
+//! - `GET /events/{topic}`, `GET /events?topic=A&topic=B`: event streams (resume with
+//!   `Last-Event-ID` or `?last_event_id=`).
+//! - `POST /publish/{topic}` with the data as body (`?event=NAME` sets the type): `202` and
+//!   `{"id": "..."}`.
+//! - `GET /healthz`: `200`, or `503` with the reason when the bus backend is not connected.
+
+use std::{convert::Infallible, net::SocketAddr, process::ExitCode, time::Duration};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::{conn::auto, graceful::GracefulShutdown},
+    service::TowerToHyperService,
+};
+use percent_encoding::percent_decode_str;
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_sse::{BusError, Event, EventBus, SseLayer};
+
+const PAGE: &str = include_str!("demo.html");
+
+const USAGE: &str = "usage: demo [--listen ADDR] [--backend memory|pubsub|streams] [--redis URL] \
+[--redis-cluster URL[,URL...]] [--jwt-secret SECRET] [--max-connections N] \
+[--max-event-bytes N] [--keep-alive SECS]";
+
+#[derive(Debug)]
+struct Options {
+    listen: SocketAddr,
+    backend: Backend,
+    redis: Option<String>,
+    redis_cluster: Option<Vec<String>>,
+    jwt_secret: Option<String>,
+    max_connections: Option<usize>,
+    max_event_bytes: usize,
+    keep_alive: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Memory,
+    PubSub,
+    Streams,
+}
+
+fn parse_options(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
+    let mut listen = std::env::var("LISTEN").ok();
+    let mut backend = None;
+    let mut redis = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty());
+    let mut redis_cluster = None;
+    let mut jwt_secret = None;
+    let mut max_connections = None;
+    let mut max_event_bytes = 1_048_576;
+    let mut keep_alive = 15;
+
+    while let Some(arg) = args.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        if name == "--help" || name == "-h" {
+            return Err(USAGE.to_owned());
+        }
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match name.as_str() {
+            "--listen" => listen = Some(value()?),
+            "--backend" => {
+                backend = Some(match value()?.as_str() {
+                    "memory" => Backend::Memory,
+                    "pubsub" => Backend::PubSub,
+                    "streams" => Backend::Streams,
+                    other => {
+                        return Err(format!(
+                            "--backend {other:?}: expected memory, pubsub or streams"
+                        ))
+                    }
+                })
+            }
+            "--redis" => redis = Some(value()?),
+            "--redis-cluster" => {
+                redis_cluster = Some(value()?.split(',').map(str::to_owned).collect())
+            }
+            "--jwt-secret" => jwt_secret = Some(value()?),
+            "--max-connections" => max_connections = Some(number(&name, &value()?)?),
+            "--max-event-bytes" => max_event_bytes = number(&name, &value()?)?,
+            "--keep-alive" => keep_alive = number(&name, &value()?)? as u64,
+            _ => return Err(format!("unknown option {arg:?}; {USAGE}")),
+        }
+    }
+
+    let listen = listen.as_deref().unwrap_or("127.0.0.1:3000");
+    let listen = listen
+        .parse()
+        .map_err(|_| format!("--listen {listen:?}: expected an address like 127.0.0.1:3000"))?;
+    let redis_given = redis.is_some() || redis_cluster.is_some();
+    let backend = backend.unwrap_or(if redis_given {
+        Backend::PubSub
+    } else {
+        Backend::Memory
+    });
+    if backend != Backend::Memory && !redis_given {
+        return Err("--backend pubsub and streams need --redis URL (or REDIS_URL)".to_owned());
+    }
+    Ok(Options {
+        listen,
+        backend,
+        redis,
+        redis_cluster,
+        jwt_secret,
+        max_connections,
+        max_event_bytes,
+        keep_alive: Duration::from_secs(keep_alive),
+    })
+}
+
+fn number(name: &str, value: &str) -> Result<usize, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{name} {value:?}: expected a whole number"))
+}
+
+async fn build_bus(options: &Options) -> Result<EventBus, String> {
+    let builder = EventBus::builder().max_event_bytes(options.max_event_bytes);
+    if options.jwt_secret.is_some() {
+        return Err("--jwt-secret is not supported by this build yet".to_owned());
+    }
+    if options.redis_cluster.is_some() {
+        return Err("--redis-cluster is not supported by this build yet".to_owned());
+    }
+    match options.backend {
+        Backend::Memory => Ok(builder.memory()),
+        Backend::PubSub | Backend::Streams => {
+            let _ = &options.redis;
+            Err("the Redis backends are not supported by this build yet".to_owned())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let options = match parse_options(std::env::args().skip(1)) {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("demo: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match runtime.block_on(run(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("demo: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(options: Options) -> Result<(), String> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let bus = build_bus(&options).await?;
+    let mut layer = SseLayer::new(bus.clone()).keep_alive(Some(options.keep_alive));
+    if let Some(max) = options.max_connections {
+        layer = layer.max_streams(max);
+    }
+    let max_event_bytes = options.max_event_bytes;
+    let service = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(move |req| handle(req, max_event_bytes));
+
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", options.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    eprintln!("listening on http://{addr}");
+
+    let server = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let service = TowerToHyperService::new(service.clone());
+                let connection = server.serve_connection(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection.into_owned());
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    // End every open stream (clients reconnect elsewhere), then let connections finish.
+    bus.shutdown();
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(Duration::from_secs(5)) => {}
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    max_event_bytes: usize,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    // The layer put the bus into the request's extensions.
+    let bus = req
+        .extensions()
+        .get::<EventBus>()
+        .expect("SseLayer inserts the bus")
+        .clone();
+    let path = req.uri().path().to_owned();
+    Ok(match (req.method(), path.as_str()) {
+        (&Method::GET, "/") => {
+            let mut r = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            r
+        }
+        (&Method::GET, "/healthz") => {
+            let health = bus.health();
+            match health.problem() {
+                None => text(StatusCode::OK, "ok"),
+                Some(problem) => text(StatusCode::SERVICE_UNAVAILABLE, problem),
+            }
+        }
+        (&Method::POST, p) if p.starts_with("/publish/") => {
+            let topic = percent_decode_str(&p["/publish/".len()..]).decode_utf8_lossy();
+            publish(&bus, &topic, req, max_event_bytes).await
+        }
+        (_, "/publish") => text(StatusCode::NOT_FOUND, "publish with POST /publish/{topic}"),
+        _ => text(StatusCode::NOT_FOUND, "not found"),
+    })
+}
+
+async fn publish(
+    bus: &EventBus,
+    topic: &str,
+    req: Request<Incoming>,
+    max_event_bytes: usize,
+) -> Response<Full<Bytes>> {
+    let event_type = req.uri().query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "event")
+            .map(|(_, v)| v.into_owned())
+    });
+    if let Err(e) = tower_sse::Topic::new(topic) {
+        return text(StatusCode::BAD_REQUEST, &e.to_string());
+    }
+    let body = match Limited::new(req.into_body(), max_event_bytes)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("event data is larger than the limit of {max_event_bytes} bytes"),
+            )
+        }
+        Err(e) => return text(StatusCode::BAD_REQUEST, &format!("cannot read body: {e}")),
+    };
+    let Ok(data) = String::from_utf8(body.to_vec()) else {
+        return text(StatusCode::BAD_REQUEST, "event data must be UTF-8 text");
+    };
+    let mut event = Event::new(data);
+    if let Some(name) = event_type.filter(|n| !n.is_empty()) {
+        event = match event.event(name) {
+            Ok(event) => event,
+            Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string()),
+        };
+    }
+    match bus.publish(topic, event).await {
+        Ok(published) => {
+            let body = format!(
+                "{{\"id\":\"{}\",\"local_only\":{}}}",
+                published.id(),
+                published.is_local_only()
+            );
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            *r.status_mut() = StatusCode::ACCEPTED;
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => text(error_status(&e), &e.to_string()),
+    }
+}
+
+fn error_status(e: &BusError) -> StatusCode {
+    if e.is_too_large() {
+        StatusCode::PAYLOAD_TOO_LARGE
+    } else if e.is_client_error() {
+        StatusCode::BAD_REQUEST
+    } else if e.is_timeout() {
+        StatusCode::GATEWAY_TIMEOUT
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+fn text(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(format!("{message}\n"))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}

@@ -15,6 +15,7 @@ pub struct BusError {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) enum BusErrorKind {
     InvalidTopic(InvalidTopic),
     NoTopics,

@@ -131,10 +131,6 @@ impl Hub {
         }
     }
 
-    pub(crate) fn limits(&self) -> &Limits {
-        &self.shared.limits
-    }
-
     /// Assigns the next sequence number to the frame `finish` builds from it and delivers it,
     /// atomically: the in-process backend's publish.
     pub(crate) fn publish_next(
@@ -341,7 +337,7 @@ impl Hub {
     pub(crate) fn gap(&self, topics: Option<&[Topic]>, at: u64, reason: GapReason) {
         let mut state = lock(&self.shared.state);
         state.last_seq = state.last_seq.max(at);
-        let mut mark = |t: &mut TopicState| {
+        let mark = |t: &mut TopicState| {
             if t.floor != UNKNOWN {
                 t.floor = t.floor.max(at);
             }
@@ -402,6 +398,7 @@ impl Hub {
     }
 
     /// The epoch of the current history.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn epoch(&self) -> u32 {
         lock(&self.shared.state).epoch
     }

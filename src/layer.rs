@@ -1,0 +1,106 @@
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use crate::{
+    bus::EventBus,
+    route::{Route, StreamLimit},
+    service::Sse,
+};
+
+/// A [`Layer`] that gives every request access to the [`EventBus`] and serves event streams.
+///
+/// The service it builds, [`Sse`], inserts a clone of the bus into every request's extensions,
+/// so any handler can publish, and answers `GET /events/{topic}` and
+/// `GET /events?topic=A&topic=B` itself with a `text/event-stream`; every other request goes to
+/// the inner service untouched.
+///
+/// A reconnecting client's `Last-Event-ID` header (or a `last_event_id` query parameter) resumes
+/// the stream. An id that cannot be parsed is not an error: the stream starts fresh and says
+/// so in its first event (`{"status":"reset","reason":"invalid-id"}`), because browsers keep
+/// sending the id they last saw and a `4xx` would stop `EventSource` from ever reconnecting.
+///
+/// # Example
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::{Request, Response};
+/// use tower::ServiceBuilder;
+/// use tower_sse::{EventBus, SseLayer};
+///
+/// let bus = EventBus::memory();
+/// let service = ServiceBuilder::new()
+///     .layer(SseLayer::new(bus).path("/stream"))
+///     .service_fn(|req: Request<String>| async move {
+///         // Every request carries the bus.
+///         let bus = req.extensions().get::<EventBus>().unwrap().clone();
+///         let _ = bus.publish("hits", tower_sse::Event::new(req.uri().path())).await;
+///         Ok::<_, Infallible>(Response::new(String::from("hello")))
+///     });
+/// # let _ = service;
+/// ```
+#[derive(Debug, Clone)]
+pub struct SseLayer {
+    route: Route,
+}
+
+impl SseLayer {
+    /// A layer serving streams from `bus` at `/events`.
+    pub fn new(bus: EventBus) -> Self {
+        Self {
+            route: Route::new(bus),
+        }
+    }
+
+    /// Serves streams at `path` (`GET {path}/{topic}` and `GET {path}?topic=..`) instead of
+    /// `/events`. A trailing `/` is ignored.
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.route.path = normalize_path(path.into());
+        self
+    }
+
+    /// Sets the keep-alive interval; `None` disables keep-alive comments. Default: 15 seconds.
+    pub fn keep_alive(mut self, interval: Option<Duration>) -> Self {
+        self.route.stream.keep_alive = interval;
+        self
+    }
+
+    /// Sets the reconnection delay sent to clients, and the random extra delay added to it so
+    /// clients do not all reconnect at once. Default: 3 seconds plus up to 2 seconds.
+    pub fn retry(mut self, retry: Option<Duration>, jitter: Duration) -> Self {
+        self.route.stream.retry = retry;
+        self.route.stream.retry_jitter = jitter;
+        self
+    }
+
+    /// Limits the event streams open at once through this layer (all its services together):
+    /// past `max`, a stream request gets `503 Service Unavailable` with `Retry-After`.
+    /// Default: no limit.
+    pub fn max_streams(mut self, max: usize) -> Self {
+        self.route.limit = Some(StreamLimit::new(max));
+        self
+    }
+
+    /// The bus this layer serves.
+    pub fn bus(&self) -> &EventBus {
+        &self.route.bus
+    }
+}
+
+pub(crate) fn normalize_path(mut path: String) -> String {
+    while path.ends_with('/') {
+        path.pop();
+    }
+    if !path.starts_with('/') {
+        path.insert(0, '/');
+    }
+    path
+}
+
+impl<S> Layer<S> for SseLayer {
+    type Service = Sse<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Sse::from_route(inner, self.route.clone())
+    }
+}

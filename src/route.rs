@@ -1,0 +1,246 @@
+//! Matching SSE requests and turning them into event streams.
+
+use std::{
+    borrow::Cow,
+    future::Future,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+};
+
+use http::{header::HeaderName, request::Parts, Method, Request, Response, StatusCode};
+
+use crate::{
+    bus::EventBus,
+    stream::{text_response, EventStream, StreamConfig},
+};
+
+/// The `Last-Event-ID` request header a reconnecting `EventSource` sends.
+pub(crate) const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+
+pub(crate) type ResponseFuture =
+    Pin<Box<dyn Future<Output = Response<EventStream>> + Send + 'static>>;
+
+/// What the layer and the standalone service share: the bus, the route and the stream settings.
+#[derive(Debug, Clone)]
+pub(crate) struct Route {
+    pub(crate) bus: EventBus,
+    pub(crate) path: String,
+    pub(crate) stream: StreamConfig,
+    pub(crate) limit: Option<StreamLimit>,
+}
+
+/// The most event streams open at once, shared by every clone of a layer or service.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamLimit {
+    open: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// One open stream counted against a [`StreamLimit`]; released on drop.
+#[derive(Debug)]
+pub(crate) struct StreamPermit {
+    open: Arc<AtomicUsize>,
+}
+
+impl StreamLimit {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            open: Arc::new(AtomicUsize::new(0)),
+            max,
+        }
+    }
+
+    fn acquire(&self) -> Option<StreamPermit> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| StreamPermit {
+                open: self.open.clone(),
+            })
+    }
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A request for an event stream, parsed but not yet validated against the topic rule.
+#[derive(Debug)]
+pub(crate) struct StreamRequest {
+    topics: Vec<String>,
+    resume: Option<String>,
+}
+
+impl Route {
+    pub(crate) fn new(bus: EventBus) -> Self {
+        Self {
+            bus,
+            path: "/events".to_owned(),
+            stream: StreamConfig::default(),
+            limit: None,
+        }
+    }
+
+    /// Whether `request` is for the event stream route: `GET {path}?topic=..` or
+    /// `GET {path}/{topic}`.
+    pub(crate) fn matches<B>(&self, request: &Request<B>) -> bool {
+        if request.method() != Method::GET {
+            return false;
+        }
+        let path = request.uri().path();
+        match path.strip_prefix(self.path.as_str()) {
+            Some("") => true,
+            Some(rest) => rest
+                .strip_prefix('/')
+                .is_some_and(|topic| !topic.is_empty() && !topic.contains('/')),
+            None => false,
+        }
+    }
+
+    /// Reads the topics and resume point from a request that [`matches`](Self::matches).
+    pub(crate) fn parse(&self, parts: &Parts) -> StreamRequest {
+        let mut topics = Vec::new();
+        let path = parts.uri.path();
+        if let Some(topic) = path
+            .strip_prefix(self.path.as_str())
+            .and_then(|rest| rest.strip_prefix('/'))
+        {
+            topics.push(percent_decode(topic, false).into_owned());
+        }
+        let mut query_id = None;
+        for (key, value) in query_pairs(parts.uri.query().unwrap_or("")) {
+            match &*key {
+                "topic" => topics.push(value.into_owned()),
+                "last_event_id" if query_id.is_none() => query_id = Some(value.into_owned()),
+                _ => {}
+            }
+        }
+        // The header wins: on a reconnect the browser sends the newest id there, while the URL
+        // still carries the one the page started with.
+        let resume = match parts.headers.get(LAST_EVENT_ID) {
+            Some(value) => Some(match value.to_str() {
+                Ok(v) => v.trim().to_owned(),
+                // Not text: it cannot be one of ours; resume reports an invalid id.
+                Err(_) => String::from("\u{0}"),
+            }),
+            None => query_id,
+        };
+        StreamRequest { topics, resume }
+    }
+
+    /// Subscribes and builds the response: the event stream, or a short error.
+    pub(crate) fn serve(&self, request: StreamRequest) -> ResponseFuture {
+        let bus = self.bus.clone();
+        let config = self.stream;
+        let permit = match &self.limit {
+            Some(limit) => match limit.acquire() {
+                Some(permit) => Some(permit),
+                None => return Box::pin(std::future::ready(too_many_streams())),
+            },
+            None => None,
+        };
+        Box::pin(async move {
+            if request.topics.is_empty() {
+                return text_response(
+                    StatusCode::BAD_REQUEST,
+                    "no topic given: use /events/{topic} or ?topic=A&topic=B",
+                );
+            }
+            let resume = request.resume.as_deref().filter(|r| !r.is_empty());
+            match bus.subscribe(&request.topics, resume).await {
+                Ok(subscription) => EventStream::with_config(subscription, config)
+                    .hold(permit)
+                    .into_response(),
+                Err(e) => EventStream::error_response(&e),
+            }
+        })
+    }
+}
+
+fn too_many_streams() -> Response<EventStream> {
+    let mut response = text_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many open event streams on this server; retry later",
+    );
+    response.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("5"),
+    );
+    response
+}
+
+/// Splits a query string into decoded key/value pairs (`+` is a space, `%XX` a byte).
+pub(crate) fn query_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k, true), percent_decode(v, true))
+    })
+}
+
+/// Decodes `%XX` escapes (and `+` as a space when `plus` is set). Malformed escapes are kept as
+/// they are, and bytes that do not form UTF-8 become U+FFFD, which no topic accepts.
+pub(crate) fn percent_decode(s: &str, plus: bool) -> Cow<'_, str> {
+    if !s.bytes().any(|b| b == b'%' || (plus && b == b'+')) {
+        return Cow::Borrowed(s);
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' if plus => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(hi), Some(lo)) => {
+                    out.push(hi * 16 + lo);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes() {
+        assert_eq!(percent_decode("org1%3Aa%40b", false), "org1:a@b");
+        assert_eq!(percent_decode("a+b", true), "a b");
+        assert_eq!(percent_decode("a+b", false), "a+b");
+        assert_eq!(percent_decode("100%", true), "100%");
+        assert_eq!(percent_decode("%zz%4", true), "%zz%4");
+        assert_eq!(percent_decode("%ff", true), "\u{fffd}");
+    }
+
+    #[test]
+    fn pairs() {
+        let pairs: Vec<_> = query_pairs("topic=a&topic=b%3Ac&&last_event_id=x&flag")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("topic".into(), "a".into()),
+                ("topic".into(), "b:c".into()),
+                ("last_event_id".into(), "x".into()),
+                ("flag".into(), String::new()),
+            ]
+        );
+    }
+}
