@@ -192,7 +192,7 @@ pub(crate) fn finish_frame(buf: &mut BytesMut, id: Option<&str>) {
 }
 
 fn has_line_break(s: &str) -> bool {
-    s.bytes().any(|b| b == b'\n' || b == b'\r')
+    memchr::memchr2(b'\n', b'\r', s.as_bytes()).is_some()
 }
 
 /// Writes `name: value\n`, or `name:\n` for an empty value (and `: value` for a comment, whose
@@ -240,7 +240,7 @@ impl<'a> Iterator for Lines<'a> {
 
     fn next(&mut self) -> Option<&'a str> {
         let rest = self.rest?;
-        match rest.bytes().position(|b| b == b'\n' || b == b'\r') {
+        match memchr::memchr2(b'\n', b'\r', rest.as_bytes()) {
             None => {
                 self.rest = None;
                 Some(rest)
