@@ -1,0 +1,4 @@
+//! Shared test support. Each test file uses part of it, so unused items are expected.
+#![allow(dead_code)]
+
+pub(crate) mod http;
