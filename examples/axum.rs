@@ -15,7 +15,7 @@ use std::{future::Future, io};
 
 use axum::{
     extract::Path,
-    http::{HeaderMap, Response, StatusCode},
+    http::{HeaderMap, Response, StatusCode, Uri},
     routing::{get, post},
     Extension, Json, Router,
 };
@@ -89,23 +89,21 @@ async fn room_events(
     Extension(bus): Extension<EventBus>,
     Path(room): Path<String>,
     headers: HeaderMap,
+    uri: Uri,
 ) -> Response<EventStream> {
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|value| value.to_str().ok());
-    match bus.subscribe([room_topic(&room)], last_event_id).await {
+    // The `Last-Event-ID` header, or `?last_event_id=` for clients that cannot set headers.
+    let last_event_id = tower_sse::last_event_id(&headers, &uri);
+    match bus
+        .subscribe([room_topic(&room)], last_event_id.as_deref())
+        .await
+    {
         Ok(subscription) => EventStream::new(subscription).into_response(),
         Err(e) => EventStream::error_response(&e),
     }
 }
 
 fn bus_error(e: BusError) -> (StatusCode, String) {
-    let status = if e.is_client_error() {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, e.to_string())
+    (e.status_code(), e.to_string())
 }
 
 fn internal_error(e: impl std::fmt::Display) -> (StatusCode, String) {

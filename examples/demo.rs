@@ -30,7 +30,7 @@ use hyper_util::{
 use percent_encoding::percent_decode_str;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
-use tower_sse::{BusError, Event, EventBus, SseLayer};
+use tower_sse::{Event, EventBus, SseLayer};
 
 const PAGE: &str = include_str!("demo.html");
 
@@ -331,19 +331,7 @@ async fn publish(
             );
             r
         }
-        Err(e) => text(error_status(&e), &e.to_string()),
-    }
-}
-
-fn error_status(e: &BusError) -> StatusCode {
-    if e.is_too_large() {
-        StatusCode::PAYLOAD_TOO_LARGE
-    } else if e.is_client_error() {
-        StatusCode::BAD_REQUEST
-    } else if e.is_timeout() {
-        StatusCode::GATEWAY_TIMEOUT
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        Err(e) => text(e.status_code(), &e.to_string()),
     }
 }
 

@@ -75,6 +75,19 @@ impl BusError {
         matches!(self.kind, BusErrorKind::Timeout)
     }
 
+    /// The HTTP status that answers a request this error failed: `413` for an event that is
+    /// too large, `400` for other input errors, `504` for a timeout, `503` otherwise (shutting
+    /// down, backend unavailable).
+    pub fn status_code(&self) -> http::StatusCode {
+        use http::StatusCode;
+        match self.kind {
+            BusErrorKind::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BusErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            _ if self.is_client_error() => StatusCode::BAD_REQUEST,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
     /// Whether the error was caused by the caller's input (a `4xx`), as opposed to the state of
     /// the bus or its backend (a `5xx`).
     pub fn is_client_error(&self) -> bool {

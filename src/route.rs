@@ -114,24 +114,12 @@ impl Route {
         {
             topics.push(percent_decode(topic, false).into_owned());
         }
-        let mut query_id = None;
         for (key, value) in query_pairs(parts.uri.query().unwrap_or("")) {
-            match &*key {
-                "topic" => topics.push(value.into_owned()),
-                "last_event_id" if query_id.is_none() => query_id = Some(value.into_owned()),
-                _ => {}
+            if key == "topic" {
+                topics.push(value.into_owned());
             }
         }
-        // The header wins: on a reconnect the browser sends the newest id there, while the URL
-        // still carries the one the page started with.
-        let resume = match parts.headers.get(LAST_EVENT_ID) {
-            Some(value) => Some(match value.to_str() {
-                Ok(v) => v.trim().to_owned(),
-                // Not text: it cannot be one of ours; resume reports an invalid id.
-                Err(_) => String::from("\u{0}"),
-            }),
-            None => query_id,
-        };
+        let resume = last_event_id(&parts.headers, &parts.uri);
         StreamRequest { topics, resume }
     }
 
@@ -153,8 +141,10 @@ impl Route {
                     "no topic given: use /events/{topic} or ?topic=A&topic=B",
                 );
             }
-            let resume = request.resume.as_deref().filter(|r| !r.is_empty());
-            match bus.subscribe(&request.topics, resume).await {
+            match bus
+                .subscribe(&request.topics, request.resume.as_deref())
+                .await
+            {
                 Ok(subscription) => EventStream::with_config(subscription, config)
                     .hold(permit)
                     .into_response(),
@@ -174,6 +164,38 @@ fn too_many_streams() -> Response<EventStream> {
         http::HeaderValue::from_static("5"),
     );
     response
+}
+
+/// The resume point a client asks for: its `Last-Event-ID` header or, for clients that cannot
+/// set headers, a `last_event_id` query parameter. The header wins: on a reconnect the browser
+/// sends the newest id there, while the URL still carries the one the page started with.
+///
+/// Use it to resume in your own handler, as [`SseLayer`](crate::SseLayer) does. A header that is
+/// not text is returned as a value no bus accepts, so the stream reports an invalid id.
+///
+/// # Example
+///
+/// ```
+/// use http::Request;
+///
+/// let req = Request::get("/events/t?last_event_id=0a1b2c3d-7")
+///     .header("last-event-id", "0a1b2c3d-9")
+///     .body(())
+///     .unwrap();
+/// let id = tower_sse::last_event_id(req.headers(), req.uri());
+/// assert_eq!(id.as_deref(), Some("0a1b2c3d-9"));
+/// ```
+pub fn last_event_id(headers: &http::HeaderMap, uri: &http::Uri) -> Option<String> {
+    match headers.get(LAST_EVENT_ID) {
+        Some(value) => Some(match value.to_str() {
+            Ok(v) => v.trim().to_owned(),
+            Err(_) => String::from("\u{0}"),
+        }),
+        None => query_pairs(uri.query().unwrap_or(""))
+            .find(|(key, _)| key == "last_event_id")
+            .map(|(_, value)| value.into_owned()),
+    }
+    .filter(|id| !id.is_empty())
 }
 
 /// Splits a query string into decoded key/value pairs (`+` is a space, `%XX` a byte).

@@ -174,19 +174,19 @@ impl EventStream {
         response
     }
 
-    /// A short `text/plain` response for a failed subscription: `400` for the caller's mistakes
+    /// A short `text/plain` response for a failed subscription, with the status of
+    /// [`BusError::status_code`](crate::BusError::status_code): `400` for the caller's mistakes
     /// (an invalid topic, say), `503` with `Retry-After` when the bus is shutting down or its
     /// backend is unavailable. The body is the error's message.
     pub fn error_response(error: &crate::BusError) -> Response<Self> {
-        if error.is_client_error() {
-            text_response(StatusCode::BAD_REQUEST, error.to_string())
-        } else {
-            let mut response = text_response(StatusCode::SERVICE_UNAVAILABLE, error.to_string());
+        let status = error.status_code();
+        let mut response = text_response(status, error.to_string());
+        if status.is_server_error() {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
-            response
         }
+        response
     }
 }
 
