@@ -120,6 +120,12 @@ pub use self::{
     future::{ResponseFuture, StreamFuture},
     last_event_id::EventId,
     layer::SseLayer,
+    route::last_event_id,
     service::{Sse, SseService},
     stream::{EventStream, STATUS_EVENT},
 };
+
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+#[doc(inline)]
+pub use self::bus::redis::{RedisConfig, SubscribeMode};

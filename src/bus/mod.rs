@@ -4,6 +4,9 @@ mod backend;
 pub(crate) mod hub;
 mod memory;
 mod queue;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 mod subscription;
 mod topic;
 
@@ -221,8 +224,8 @@ impl Published {
         self.id
     }
 
-    /// True when the event reached only this instance's subscribers, because the broker was
-    /// not connected yet.
+    /// True when the event reached only this instance's subscribers, because the connection to
+    /// the broker was down. Other instances never see it.
     pub fn is_local_only(&self) -> bool {
         self.local_only
     }
