@@ -30,7 +30,7 @@ use hyper_util::{
 use percent_encoding::percent_decode_str;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
-use tower_sse::{Event, EventBus, SseLayer};
+use tower_sse::{Event, EventBus, RedisConfig, SseLayer};
 
 const PAGE: &str = include_str!("demo.html");
 
@@ -146,12 +146,16 @@ async fn build_bus(options: &Options) -> Result<EventBus, String> {
     if options.redis_cluster.is_some() {
         return Err("--redis-cluster is not supported by this build yet".to_owned());
     }
-    match options.backend {
-        Backend::Memory => Ok(builder.memory()),
-        Backend::PubSub | Backend::Streams => {
-            let _ = &options.redis;
-            Err("the Redis backends are not supported by this build yet".to_owned())
+    match (options.backend, &options.redis) {
+        (Backend::Memory, _) => Ok(builder.memory()),
+        (Backend::PubSub, Some(url)) => builder
+            .redis_pubsub(RedisConfig::new(url.clone()))
+            .await
+            .map_err(|e| e.to_string()),
+        (Backend::Streams, Some(_)) => {
+            Err("--backend streams is not supported by this build yet".to_owned())
         }
+        (_, None) => Err("--backend pubsub and streams need --redis URL".to_owned()),
     }
 }
 
