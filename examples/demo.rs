@@ -15,6 +15,9 @@
 //! - `POST /publish/{topic}` with the data as body (`?event=NAME` sets the type): `202` and
 //!   `{"id": "..."}`.
 //! - `GET /healthz`: `200`, or `503` with the reason when the bus backend is not connected.
+//!
+//! Besides the options of the contract, `--redis-mode interest|pattern` chooses how an instance
+//! subscribes to Redis (see `SubscribeMode`; default `interest`).
 
 use std::{convert::Infallible, net::SocketAddr, process::ExitCode, time::Duration};
 
@@ -30,13 +33,13 @@ use hyper_util::{
 use percent_encoding::percent_decode_str;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
-use tower_sse::{Event, EventBus, RedisConfig, SseLayer};
+use tower_sse::{Event, EventBus, RedisConfig, SseLayer, SubscribeMode};
 
 const PAGE: &str = include_str!("demo.html");
 
 const USAGE: &str = "usage: demo [--listen ADDR] [--backend memory|pubsub|streams] [--redis URL] \
 [--redis-cluster URL[,URL...]] [--jwt-secret SECRET] [--max-connections N] \
-[--max-event-bytes N] [--keep-alive SECS]";
+[--max-event-bytes N] [--keep-alive SECS] [--redis-mode interest|pattern]";
 
 #[derive(Debug)]
 struct Options {
@@ -44,6 +47,7 @@ struct Options {
     backend: Backend,
     redis: Option<String>,
     redis_cluster: Option<Vec<String>>,
+    redis_mode: SubscribeMode,
     jwt_secret: Option<String>,
     max_connections: Option<usize>,
     max_event_bytes: usize,
@@ -62,6 +66,7 @@ fn parse_options(mut args: impl Iterator<Item = String>) -> Result<Options, Stri
     let mut backend = None;
     let mut redis = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty());
     let mut redis_cluster = None;
+    let mut redis_mode = SubscribeMode::Interest;
     let mut jwt_secret = None;
     let mut max_connections = None;
     let mut max_event_bytes = 1_048_576;
@@ -99,6 +104,17 @@ fn parse_options(mut args: impl Iterator<Item = String>) -> Result<Options, Stri
             "--redis-cluster" => {
                 redis_cluster = Some(value()?.split(',').map(str::to_owned).collect())
             }
+            "--redis-mode" => {
+                redis_mode = match value()?.as_str() {
+                    "interest" => SubscribeMode::Interest,
+                    "pattern" => SubscribeMode::Pattern,
+                    other => {
+                        return Err(format!(
+                            "--redis-mode {other:?}: expected interest or pattern"
+                        ))
+                    }
+                }
+            }
             "--jwt-secret" => jwt_secret = Some(value()?),
             "--max-connections" => max_connections = Some(number(&name, &value()?)?),
             "--max-event-bytes" => max_event_bytes = number(&name, &value()?)?,
@@ -125,6 +141,7 @@ fn parse_options(mut args: impl Iterator<Item = String>) -> Result<Options, Stri
         backend,
         redis,
         redis_cluster,
+        redis_mode,
         jwt_secret,
         max_connections,
         max_event_bytes,
@@ -149,7 +166,7 @@ async fn build_bus(options: &Options) -> Result<EventBus, String> {
     match (options.backend, &options.redis) {
         (Backend::Memory, _) => Ok(builder.memory()),
         (Backend::PubSub, Some(url)) => builder
-            .redis_pubsub(RedisConfig::new(url.clone()))
+            .redis_pubsub(RedisConfig::new(url.clone()).mode(options.redis_mode))
             .await
             .map_err(|e| e.to_string()),
         (Backend::Streams, Some(_)) => {
