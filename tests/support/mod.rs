@@ -1,5 +1,6 @@
 //! Shared test support. Each test file uses part of it, so unused items are expected.
 #![allow(dead_code)]
 
+pub(crate) mod demo;
 pub(crate) mod http;
 pub(crate) mod redis;

@@ -162,7 +162,7 @@ fn redis_server_installed() -> bool {
 }
 
 /// A port nobody listened on a moment ago.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
     listener.local_addr().expect("a local address").port()
 }
