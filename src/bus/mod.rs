@@ -140,10 +140,12 @@ impl EventBus {
         I::Item: AsRef<str>,
     {
         let max = self.inner.max_topics;
+        let too_many = || BusError::new(BusErrorKind::TooManyTopics { max });
         let mut list = Vec::new();
         for topic in topics {
-            if list.len() == max {
-                return Err(BusError::new(BusErrorKind::TooManyTopics { max }));
+            // Duplicates count once, but a list far beyond the limit is refused unread.
+            if list.len() >= max.saturating_mul(4) {
+                return Err(too_many());
             }
             list.push(Topic::new(topic.as_ref())?);
         }
@@ -151,6 +153,9 @@ impl EventBus {
         list.dedup();
         if list.is_empty() {
             return Err(BusError::new(BusErrorKind::NoTopics));
+        }
+        if list.len() > max {
+            return Err(too_many());
         }
         Ok(list)
     }
