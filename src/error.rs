@@ -24,6 +24,7 @@ pub(crate) enum BusErrorKind {
     Closed,
     Unavailable(String),
     Timeout,
+    Overloaded,
 }
 
 impl BusError {
@@ -75,9 +76,16 @@ impl BusError {
         matches!(self.kind, BusErrorKind::Timeout)
     }
 
+    /// The instance is at its limit for work of this kind (reading history for resuming
+    /// clients, on the Redis Streams backend) and refused more for now; trying again shortly may
+    /// succeed. [`status_code`](Self::status_code) is `503`.
+    pub fn is_overloaded(&self) -> bool {
+        matches!(self.kind, BusErrorKind::Overloaded)
+    }
+
     /// The HTTP status that answers a request this error failed: `413` for an event that is
     /// too large, `400` for other input errors, `504` for a timeout, `503` otherwise (shutting
-    /// down, backend unavailable).
+    /// down, backend unavailable, overloaded).
     pub fn status_code(&self) -> http::StatusCode {
         use http::StatusCode;
         match self.kind {
@@ -126,6 +134,9 @@ impl fmt::Display for BusError {
             BusErrorKind::Closed => f.write_str("the event bus is shutting down"),
             BusErrorKind::Unavailable(reason) => write!(f, "event bus unavailable: {reason}"),
             BusErrorKind::Timeout => f.write_str("the event bus did not answer in time"),
+            BusErrorKind::Overloaded => {
+                f.write_str("the event bus is busy replaying history to other clients; try again")
+            }
         }
     }
 }

@@ -22,7 +22,7 @@ use super::{
     GapReason, ResetReason, ResumeStatus, Topic,
 };
 use crate::{
-    error::{BusError, BusErrorKind},
+    error::{BusError, BusErrorKind, InvalidEventId},
     last_event_id::EventId,
 };
 
@@ -198,6 +198,33 @@ impl Hub {
         topics: Vec<Topic>,
         resume: Option<&str>,
     ) -> Result<Subscription, BusError> {
+        let cursor = resume.map(|raw| raw.parse::<EventId>());
+        match self.subscribe_inner(topics, cursor, false)? {
+            Resume::Done(subscription) => Ok(subscription),
+            Resume::Pending(_) => unreachable!("only deferred resumes are left pending"),
+        }
+    }
+
+    /// Like [`subscribe`](Self::subscribe) from `cursor`, for a backend that can read history
+    /// elsewhere: when the local history cannot answer (the answer would be a
+    /// [`HistoryExpired`](ResetReason::HistoryExpired) or [`UnknownId`](ResetReason::UnknownId)
+    /// reset), the subscriber is registered without replay and returned as a [`Registration`],
+    /// for the caller to finish with the replay it found.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn resume_or_register(
+        &self,
+        topics: Vec<Topic>,
+        cursor: EventId,
+    ) -> Result<Resume, BusError> {
+        self.subscribe_inner(topics, Some(Ok(cursor)), true)
+    }
+
+    fn subscribe_inner(
+        &self,
+        topics: Vec<Topic>,
+        cursor: Option<Result<EventId, InvalidEventId>>,
+        defer: bool,
+    ) -> Result<Resume, BusError> {
         let limits = self.shared.limits;
         let mut state = lock(&self.shared.state);
         if state.closed {
@@ -220,7 +247,6 @@ impl Hub {
             state.topics.get(topic).map_or(unknown_floor, |t| t.floor)
         };
 
-        let cursor = resume.map(|raw| raw.parse::<EventId>());
         let mut replay = VecDeque::new();
         let status = match cursor {
             None => ResumeStatus::Fresh,
@@ -257,6 +283,38 @@ impl Hub {
             }
         };
 
+        if defer
+            && matches!(
+                status,
+                ResumeStatus::Reset(ResetReason::HistoryExpired | ResetReason::UnknownId)
+            )
+        {
+            // Per topic, the last event delivered here, or the point where listening began
+            // (capped by the watermark): no event of the topic between it and the watermark
+            // exists, so the replay need not look there.
+            let known = topics
+                .iter()
+                .map(|topic| match state.topics.get(topic) {
+                    Some(t) if t.floor != UNKNOWN => {
+                        let last = t.history.back().map_or(0, |s| s.seq);
+                        t.floor.max(last).min(last_seq)
+                    }
+                    _ => last_seq,
+                })
+                .collect();
+            let (id, queue) = register_locked(&mut state, &topics, &limits, unknown_floor);
+            drop(state);
+            return Ok(Resume::Pending(Registration {
+                hub: self.clone(),
+                id,
+                topics,
+                queue: Some(queue),
+                epoch,
+                watermark: last_seq,
+                known,
+            }));
+        }
+
         // A client that saw nothing yet resumes from here: everything after it will be
         // delivered to this subscription.
         let start_id = match (status, cursor) {
@@ -264,19 +322,9 @@ impl Hub {
             _ => EventId::new(epoch, last_seq),
         };
 
-        let queue = Arc::new(Queue::new(limits.queue_capacity));
-        let id = state.next_subscriber;
-        state.next_subscriber += 1;
-        for topic in &topics {
-            state
-                .topics
-                .entry(topic.clone())
-                .or_insert_with(|| TopicState::new(unknown_floor))
-                .subscribers
-                .push((id, queue.clone()));
-        }
+        let (id, queue) = register_locked(&mut state, &topics, &limits, unknown_floor);
         drop(state);
-        Ok(Subscription::new(
+        Ok(Resume::Done(Subscription::new(
             self.clone(),
             id,
             topics,
@@ -284,7 +332,7 @@ impl Hub {
             replay,
             status,
             start_id,
-        ))
+        )))
     }
 
     /// Removes a subscriber; called when its [`Subscription`] is dropped.
@@ -300,6 +348,14 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// Records that every event numbered up to `seq` that this instance will deliver has been
+    /// delivered: a subscriber registered from now on is owed only later events.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn advance(&self, seq: u64) {
+        let mut state = lock(&self.shared.state);
+        state.last_seq = state.last_seq.max(seq);
     }
 
     /// Records that from now on this instance hears every event of `topic` numbered above
@@ -411,6 +467,102 @@ impl Hub {
             subscriptions: state.topics.values().map(|t| t.subscribers.len()).sum(),
             history_events: state.topics.values().map(|t| t.history.len()).sum(),
             history_bytes: state.topics.values().map(|t| t.history_bytes).sum(),
+        }
+    }
+}
+
+/// Adds a subscriber's queue to `topics`.
+fn register_locked(
+    state: &mut State,
+    topics: &[Topic],
+    limits: &Limits,
+    unknown_floor: u64,
+) -> (u64, Arc<Queue>) {
+    let queue = Arc::new(Queue::new(limits.queue_capacity));
+    let id = state.next_subscriber;
+    state.next_subscriber += 1;
+    for topic in topics {
+        state
+            .topics
+            .entry(topic.clone())
+            .or_insert_with(|| TopicState::new(unknown_floor))
+            .subscribers
+            .push((id, queue.clone()));
+    }
+    (id, queue)
+}
+
+/// What [`Hub::resume_or_register`] did.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) enum Resume {
+    /// The local history answered (or the resume point is of another epoch): the subscription
+    /// is complete.
+    Done(Subscription),
+    /// The subscriber is registered and receives every event delivered from now on; the replay
+    /// is up to the caller.
+    Pending(Registration),
+}
+
+/// A registered subscriber whose replay is still to be found; see [`Hub::resume_or_register`].
+/// Dropping it unregisters the subscriber.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    hub: Hub,
+    id: u64,
+    topics: Vec<Topic>,
+    queue: Option<Arc<Queue>>,
+    epoch: u32,
+    watermark: u64,
+    known: Vec<u64>,
+}
+
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+impl Registration {
+    /// The epoch of the hub's history at registration.
+    pub(crate) fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// The highest sequence number known at registration. Events are delivered in sequence
+    /// order, so events numbered above it reach the subscriber's queue; the replay must hold
+    /// the ones after the resume point up to it.
+    pub(crate) fn watermark(&self) -> u64 {
+        self.watermark
+    }
+
+    /// Per topic (in the order of the topics), a sequence number at or below the watermark such
+    /// that no event of the topic is numbered between it and the watermark: the replay of the
+    /// topic ends there.
+    pub(crate) fn known(&self) -> &[u64] {
+        &self.known
+    }
+
+    /// The subscription: `replay` (in sequence order, none above the watermark) first, then the
+    /// events queued since registration.
+    pub(crate) fn finish(
+        mut self,
+        replay: VecDeque<Item>,
+        status: ResumeStatus,
+        start_id: EventId,
+    ) -> Subscription {
+        let queue = self.queue.take().expect("finished once");
+        let topics = std::mem::take(&mut self.topics);
+        Subscription::new(
+            self.hub.clone(),
+            self.id,
+            topics,
+            queue,
+            replay,
+            status,
+            start_id,
+        )
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if self.queue.is_some() {
+            self.hub.unsubscribe(self.id, &self.topics);
         }
     }
 }

@@ -1,7 +1,17 @@
 //! Redis backends: fan events out to every instance of a service through one Redis server.
 //!
-//! Enable the `redis` cargo feature, then build the bus with [`Builder::redis_pubsub`]. Code
-//! that publishes and subscribes does not change: it still talks to an [`EventBus`].
+//! Enable the `redis` cargo feature, then build the bus with [`Builder::redis_pubsub`] or
+//! [`Builder::redis_streams`]. Code that publishes and subscribes does not change: it still
+//! talks to an [`EventBus`].
+//!
+//! - Pub/Sub: events are announced, not stored. Each instance resumes clients from the history
+//!   it heard itself; a broken connection is a gap.
+//! - Streams: every event is also stored in Redis, per topic, for a configured count and age.
+//!   Any instance resumes any client from Redis, and a broken connection costs connected clients
+//!   nothing: the instance reads what it missed. Needs Redis 6.2 or later.
+//!
+//! Instances share events when they use the same server, database and prefix; all of them must
+//! use the same backend (and, for Streams, the same retention settings).
 //!
 //! # How events travel
 //!
@@ -10,9 +20,9 @@
 //!
 //! - `{prefix}:state` is a hash holding the namespace's `epoch` (8 hex digits) and `seq`, the
 //!   global sequence counter. A publish runs one Lua script that increments `seq`, creates the
-//!   epoch if it is missing, and publishes the event to the channel `{prefix}:t:{topic}`, so
-//!   numbering and publishing are one atomic step and every instance sees events in the order
-//!   of their ids.
+//!   epoch if it is missing, and publishes the event to the channel `{prefix}:t:{topic}`
+//!   (Pub/Sub; Streams also stores it and uses `{prefix}:n:{topic}`), so numbering and
+//!   publishing are one atomic step and every instance sees events in the order of their ids.
 //! - The message on the channel is the complete `text/event-stream` frame, ending with its
 //!   `id:` line and the blank line. Receivers use the bytes as they are: one buffer per event,
 //!   shared by all local subscribers.
@@ -20,17 +30,54 @@
 //!   deleted), the next publish starts a new epoch. Ids of the old epoch are then recognised as
 //!   unknown instead of being mistaken for positions in the new history.
 //!
-//! Every instance keeps its own bounded history (see [`Builder`]) for resuming clients; Pub/Sub
-//! itself keeps nothing.
+//! With Pub/Sub, every instance keeps its own bounded history (see [`Builder`]) for resuming
+//! clients; Pub/Sub itself keeps nothing. For how the Streams backend stores events, see
+//! [`Builder::redis_streams`].
 
+mod connection;
 mod pubsub;
+mod replay;
+mod streams;
 
-use std::{fmt, time::Duration};
+use std::{fmt, future::Future, time::Duration};
 
 use super::{Builder, EventBus};
 use crate::error::BusError;
 
-/// How an instance chooses the Redis channels it listens to. See [`RedisConfig::mode`].
+tokio::task_local! {
+    /// The idempotency key of the publishes made within [`with_idempotency_key`].
+    static IDEMPOTENCY_KEY: String;
+}
+
+/// Runs `future` (typically one [`EventBus::publish`]) with `key` as the idempotency key of the
+/// publishes it makes on a [Streams](Builder::redis_streams) bus.
+///
+/// Redis remembers a key for [`RedisConfig::idempotency_ttl`] after the first publish that
+/// used it; a publish with a remembered key, on any instance sharing the prefix, stores and
+/// announces nothing and returns the id the first one got. So a publish that failed or timed
+/// out can be retried with the same key without ever appearing twice, for example by the
+/// handler of a webhook that its sender may deliver more than once.
+///
+/// Keys are compared as they are, so make them unique per event (an id from the request, say)
+/// and keep them short: each is a Redis key while it is remembered. Without this function, the
+/// bus uses a random key per publish (see [`Builder::redis_streams`]). The in-process and
+/// Pub/Sub backends ignore the key.
+///
+/// # Example
+///
+/// ```
+/// use tower_sse::{bus::redis::with_idempotency_key, BusError, Event, EventBus, Published};
+///
+/// async fn deliver_webhook(bus: &EventBus, delivery_id: &str) -> Result<Published, BusError> {
+///     let event = Event::new("payment received");
+///     with_idempotency_key(delivery_id, bus.publish("payments", event)).await
+/// }
+/// ```
+pub async fn with_idempotency_key<F: Future>(key: impl Into<String>, future: F) -> F::Output {
+    IDEMPOTENCY_KEY.scope(key.into(), future).await
+}
+
+/// How a Pub/Sub instance chooses the Redis channels it listens to. See [`RedisConfig::mode`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SubscribeMode {
@@ -54,7 +101,8 @@ pub enum SubscribeMode {
     Pattern,
 }
 
-/// Where and how the Redis Pub/Sub backend connects. Pass it to [`Builder::redis_pubsub`].
+/// Where and how the Redis backends connect, and what the Streams backend keeps. Pass it to
+/// [`Builder::redis_pubsub`] or [`Builder::redis_streams`].
 ///
 /// The URL follows the redis crate's format,
 /// `redis://[<username>][:<password>@]<host>[:<port>][/<db>]` (`rediss://` for TLS needs the
@@ -83,12 +131,20 @@ pub struct RedisConfig {
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
     pub(crate) unsubscribe_delay: Duration,
+    pub(crate) stream_max_len: usize,
+    pub(crate) stream_max_age: Duration,
+    pub(crate) stream_idle_ttl: Duration,
+    pub(crate) replay_budget: usize,
+    pub(crate) replay_wait: Duration,
+    pub(crate) idempotency_ttl: Duration,
 }
 
 impl RedisConfig {
     /// A configuration for the server at `url`, with the defaults: prefix `tower-sse`,
     /// [`SubscribeMode::Interest`], 5 s publish and connect timeouts, reconnect backoff from
-    /// 100 ms to 5 s, unsubscribe delay 10 s.
+    /// 100 ms to 5 s, unsubscribe delay 10 s; for Streams, 1 000 events and 1 hour per topic,
+    /// idle topics kept 24 hours, a replay budget of 10 000 events with a wait of 2 s, and
+    /// idempotency keys remembered 2 minutes.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -99,6 +155,12 @@ impl RedisConfig {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             unsubscribe_delay: Duration::from_secs(10),
+            stream_max_len: 1_000,
+            stream_max_age: Duration::from_secs(3_600),
+            stream_idle_ttl: Duration::from_secs(86_400),
+            replay_budget: 10_000,
+            replay_wait: Duration::from_secs(2),
+            idempotency_ttl: Duration::from_secs(120),
         }
     }
 
@@ -109,17 +171,19 @@ impl RedisConfig {
         self
     }
 
-    /// How the instance picks the channels it listens to (default
+    /// How a Pub/Sub instance picks the channels it listens to (default
     /// [`SubscribeMode::Interest`]; see [`SubscribeMode`] for when each wins). Instances with
-    /// different modes can share a prefix.
+    /// different modes can share a prefix. The Streams backend always listens per topic (any
+    /// instance can resume from Redis, so hearing every topic buys nothing) and ignores this.
     pub fn mode(mut self, mode: SubscribeMode) -> Self {
         self.mode = mode;
         self
     }
 
     /// How long a publish waits for Redis to answer before it fails with an error for which
-    /// [`BusError::is_timeout`] is true (default 5 s). Also bounds the bus's own requests
-    /// (subscribing, health checks) before the connection is considered broken.
+    /// [`BusError::is_timeout`] is true (default 5 s; on Streams, a publish is sent once more
+    /// after the first wait, so it can take twice as long). Also bounds the bus's own requests
+    /// (subscribing, reading history, health checks).
     pub fn publish_timeout(mut self, timeout: Duration) -> Self {
         self.publish_timeout = timeout;
         self
@@ -147,6 +211,68 @@ impl RedisConfig {
         self.unsubscribe_delay = delay;
         self
     }
+
+    /// Streams: how many events each topic keeps (default 1 000). Trimming is approximate (whole
+    /// nodes of Redis's stream encoding, 100 entries by default), so a topic keeps at least this
+    /// many and up to about a hundred more.
+    pub fn stream_max_len(mut self, n: usize) -> Self {
+        self.stream_max_len = n.max(1);
+        self
+    }
+
+    /// Streams: how long each topic keeps its events (default 1 hour). Events are trimmed by age
+    /// when their topic gets a new event, approximately like [`stream_max_len`](Self::stream_max_len);
+    /// a topic's newest event stays until the topic expires (see
+    /// [`stream_idle_ttl`](Self::stream_idle_ttl)).
+    pub fn stream_max_age(mut self, age: Duration) -> Self {
+        self.stream_max_age = age;
+        self
+    }
+
+    /// Streams: how long after its last event a topic's stream is kept (default 24 hours; never
+    /// less than [`stream_max_age`](Self::stream_max_age)). Then the key expires, so idle topics
+    /// cost nothing.
+    ///
+    /// Until then the stream holds at least the topic's newest event, which proves to any
+    /// instance that a client's cursor misses nothing of the topic. Once it expired, a resume
+    /// from a cursor older than this TTL is answered with a reset, since Redis can no longer
+    /// tell whether the topic had events after it. Clients of quiet topics that reconnect after
+    /// longer than this get a reset even if nothing was published.
+    pub fn stream_idle_ttl(mut self, ttl: Duration) -> Self {
+        self.stream_idle_ttl = ttl;
+        self
+    }
+
+    /// Streams: how many stream entries this instance reads for resuming clients at once
+    /// (default 10 000), which bounds the memory a burst of resumes takes. Resumes of the same
+    /// topic share reads. A resume that finds the budget used up waits for it (see
+    /// [`replay_wait`](Self::replay_wait)), then fails with an error for which
+    /// [`BusError::is_overloaded`] is true (`503` with `Retry-After`); the client tries again.
+    ///
+    /// Reads ask for up to 256 entries at a time (down to 16 when the budget runs low) and hold
+    /// them until the read is over; only the first request of a read waits for budget. So keep
+    /// the budget well above [`stream_max_len`](Self::stream_max_len) plus 256: a resume needs
+    /// its topics' missed events at once.
+    pub fn replay_budget(mut self, events: usize) -> Self {
+        self.replay_budget = events.max(1);
+        self
+    }
+
+    /// Streams: how long a resume waits for replay budget before it fails as overloaded
+    /// (default 2 s; zero fails at once). Resumes of a topic that arrive while a read of it waits
+    /// join that read.
+    pub fn replay_wait(mut self, wait: Duration) -> Self {
+        self.replay_wait = wait;
+        self
+    }
+
+    /// Streams: how long Redis remembers an idempotency key (default 2 minutes, rounded up to
+    /// whole seconds; zero turns idempotency keys off). See [`with_idempotency_key`] and
+    /// [`Builder::redis_streams`].
+    pub fn idempotency_ttl(mut self, ttl: Duration) -> Self {
+        self.idempotency_ttl = ttl;
+        self
+    }
 }
 
 impl fmt::Debug for RedisConfig {
@@ -159,6 +285,12 @@ impl fmt::Debug for RedisConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("reconnect_backoff", &(self.backoff_min..=self.backoff_max))
             .field("unsubscribe_delay", &self.unsubscribe_delay)
+            .field("stream_max_len", &self.stream_max_len)
+            .field("stream_max_age", &self.stream_max_age)
+            .field("stream_idle_ttl", &self.stream_idle_ttl)
+            .field("replay_budget", &self.replay_budget)
+            .field("replay_wait", &self.replay_wait)
+            .field("idempotency_ttl", &self.idempotency_ttl)
             .finish()
     }
 }
@@ -261,6 +393,105 @@ impl Builder {
         let backend = pubsub::RedisPubSub::connect(config, self.limits).await?;
         Ok(EventBus::from_backend(Box::new(backend), &self))
     }
+
+    /// Builds a bus that stores every event in Redis Streams: a client that reconnects to any
+    /// instance with `Last-Event-ID` receives exactly the events it missed, as long as they are
+    /// within the retention ([`RedisConfig::stream_max_len`], [`RedisConfig::stream_max_age`]);
+    /// otherwise its stream starts with a reset saying so
+    /// ([`ResetReason::HistoryExpired`](crate::ResetReason::HistoryExpired)). Needs Redis 6.2
+    /// or later.
+    ///
+    /// Connects before returning (errors as for [`redis_pubsub`](Self::redis_pubsub)). Must be
+    /// called within a Tokio runtime; the bus runs background tasks for the connection and for
+    /// delivering what it hears.
+    ///
+    /// # What Redis holds
+    ///
+    /// Under the prefix: the state hash with the epoch and the global sequence counter (as for
+    /// Pub/Sub), one stream per topic (`{prefix}:s:{topic}`, entry ids `{seq}-0`), a small
+    /// sorted set of timestamps (`{prefix}:clock`, to trim by age) and the idempotency keys
+    /// (`{prefix}:i:{key}`). A publish is one Lua script: it takes the next number, appends the
+    /// event to the topic's stream, trims the stream by count and age, sets the stream's expiry
+    /// ([`RedisConfig::stream_idle_ttl`]) and announces the event on the channel
+    /// `{prefix}:n:{topic}`.
+    ///
+    /// Keys must not be evicted: run Redis with `maxmemory-policy noeviction` (or without a
+    /// memory limit), and do not delete keys under the prefix. When Redis loses the state hash
+    /// (it restarted empty), numbering starts a new epoch, and resuming from an older id is a
+    /// reset ([`ResetReason::UnknownEpoch`](crate::ResetReason::UnknownEpoch)).
+    ///
+    /// # Publishing
+    ///
+    /// Every publish carries an idempotency key, random unless given with
+    /// [`with_idempotency_key`]. When Redis does not answer within
+    /// [`RedisConfig::publish_timeout`] or the connection breaks meanwhile, the publish is sent
+    /// once more with the same key; if the first one did run, Redis answers the second with the
+    /// first's id instead of storing the event again. When that fails too, the publish fails
+    /// ([`BusError::is_timeout`] or [`BusError::is_unavailable`]) and the event may or may not
+    /// have been published; retry with an explicit key to be sure it is stored once. While the
+    /// connection is known to be down, publishing fails at once with
+    /// [`BusError::is_unavailable`] (events are never delivered to this instance only: they
+    /// would be missing from the history every instance resumes from).
+    ///
+    /// # Connection loss
+    ///
+    /// When the connection drops, the bus reconnects (see
+    /// [`RedisConfig::reconnect_backoff`]) and reads what every topic followed on this instance
+    /// missed from the streams, delivering it in order before anything newer: open
+    /// subscriptions see every event, once, with no gap. Only events that were trimmed before
+    /// they could be read become a [`Message::Gap`](crate::Message::Gap); when Redis came back
+    /// without its state, subscriptions get
+    /// [`GapReason::HistoryLost`](crate::GapReason::HistoryLost). Subscribing works while
+    /// disconnected; resuming works only as far as this instance's own history reaches (it
+    /// fails with [`BusError::is_unavailable`] when Redis would be needed).
+    ///
+    /// # Resuming
+    ///
+    /// A resume is answered from this instance's history when it reaches back far enough,
+    /// otherwise from the streams. Reads are shared between concurrent resumes of a topic and
+    /// bounded by [`RedisConfig::replay_budget`]; beyond it, resumes fail with
+    /// [`BusError::is_overloaded`] (`503` with `Retry-After` from
+    /// [`EventStream::error_response`](crate::EventStream::error_response)), so a reconnection
+    /// storm is spread out instead of holding unbounded memory.
+    ///
+    /// # Errors
+    ///
+    /// When the URL is invalid or the first connection fails or times out (see
+    /// [`RedisConfig::connect_timeout`]).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use futures_util::StreamExt;
+    /// use tower_sse::{Event, EventBus, Message, RedisConfig, ResumeStatus};
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), tower_sse::BusError> {
+    /// let config = RedisConfig::new("redis://127.0.0.1:6379/")
+    ///     .stream_max_len(10_000)
+    ///     .stream_max_age(Duration::from_secs(3_600));
+    /// let bus = EventBus::builder().redis_streams(config).await?;
+    ///
+    /// let first = bus.publish("orders", Event::new("order 1 shipped")).await?;
+    /// let second = bus.publish("orders", Event::new("order 2 shipped")).await?;
+    ///
+    /// // A client that saw the first event resumes, here or on any other instance.
+    /// let cursor = first.id().to_string();
+    /// let mut sub = bus.subscribe(["orders"], Some(&cursor)).await?;
+    /// assert_eq!(sub.status(), ResumeStatus::Resumed { replayed: 1 });
+    /// match sub.next().await {
+    ///     Some(Message::Event(event)) => assert_eq!(event.id(), second.id()),
+    ///     other => println!("{other:?}"),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub async fn redis_streams(self, config: RedisConfig) -> Result<EventBus, BusError> {
+        let backend = streams::RedisStreams::connect(config, self.limits).await?;
+        Ok(EventBus::from_backend(Box::new(backend), &self))
+    }
 }
 
 #[cfg(test)]
@@ -271,6 +502,8 @@ mod tests {
     fn connecting_is_send() {
         fn assert_send<T: Send>(_: &T) {}
         let connecting = Builder::default().redis_pubsub(RedisConfig::new("redis://127.0.0.1/"));
+        assert_send(&connecting);
+        let connecting = Builder::default().redis_streams(RedisConfig::new("redis://127.0.0.1/"));
         assert_send(&connecting);
     }
 
