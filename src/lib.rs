@@ -86,6 +86,21 @@
 //! source.onmessage = (e) => show(e.lastEventId, e.data);
 //! ```
 //!
+//! # Authorization
+//!
+//! [`SseLayer::authorize`] and [`SseService::authorize`] check every stream request with an
+//! [`Authorize`] policy before subscribing: a closure over the request and its topics, your own
+//! type, or `JwtPolicy` (feature `jwt`), which reads a JWT whose claims select the topics a
+//! client may subscribe and publish to. Refusals are `401` or `403` with a message; a stream
+//! granted until the client's token expires ends then. See the [`auth`] module.
+//!
+//! # Metrics
+//!
+//! With the feature `metrics`, the crate reports through the `metrics` facade: open streams,
+//! how they started, events published, delivered and dropped, slow consumers cut off, Redis
+//! reconnects (module `metrics`). Publishing and delivery also emit `tracing` events at the
+//! `trace` level, streams opening and refusals at `debug`.
+//!
 //! # Guarantees
 //!
 //! - An event published after a client received the `200` of its stream is delivered to it.
@@ -97,6 +112,7 @@
 //!   never silently.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod auth;
 mod body;
 pub mod bus;
 mod error;
@@ -104,12 +120,18 @@ mod event;
 mod future;
 mod last_event_id;
 mod layer;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+mod metrics;
 mod route;
 mod service;
 mod stream;
 
 #[doc(inline)]
 pub use self::{
+    auth::{Authorize, Denied, Grant, InvalidSelector, Selector},
     body::SseBody,
     bus::{
         Builder, BusStats, EncodedEvent, EventBus, GapReason, Health, Message, Published,
@@ -129,3 +151,8 @@ pub use self::{
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 #[doc(inline)]
 pub use self::bus::redis::{RedisConfig, SubscribeMode};
+
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+#[doc(inline)]
+pub use self::auth::JwtPolicy;

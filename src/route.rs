@@ -13,7 +13,8 @@ use std::{
 use http::{header::HeaderName, request::Parts, Method, Request, Response, StatusCode};
 
 use crate::{
-    bus::EventBus,
+    auth::{Denied, Policy},
+    bus::{EventBus, Topic},
     stream::{text_response, EventStream, StreamConfig},
 };
 
@@ -30,6 +31,7 @@ pub(crate) struct Route {
     pub(crate) path: String,
     pub(crate) stream: StreamConfig,
     pub(crate) limit: Option<StreamLimit>,
+    pub(crate) authorize: Option<Policy>,
 }
 
 /// The most event streams open at once, shared by every clone of a layer or service.
@@ -85,6 +87,7 @@ impl Route {
             path: "/events".to_owned(),
             stream: StreamConfig::default(),
             limit: None,
+            authorize: None,
         }
     }
 
@@ -123,14 +126,24 @@ impl Route {
         StreamRequest { topics, resume }
     }
 
-    /// Subscribes and builds the response: the event stream, or a short error.
-    pub(crate) fn serve(&self, request: StreamRequest) -> ResponseFuture {
+    /// Authorizes, subscribes and builds the response: the event stream, or a short error.
+    pub(crate) fn serve(&self, parts: &Parts, request: StreamRequest) -> ResponseFuture {
         let bus = self.bus.clone();
         let config = self.stream;
+        let mut deadline = None;
+        if let Some(policy) = &self.authorize {
+            match authorize(policy, parts, &request.topics) {
+                Ok(expires) => deadline = expires,
+                Err(denied) => return Box::pin(std::future::ready(denied.stream_response())),
+            }
+        }
         let permit = match &self.limit {
             Some(limit) => match limit.acquire() {
                 Some(permit) => Some(permit),
-                None => return Box::pin(std::future::ready(too_many_streams())),
+                None => {
+                    crate::metrics::refused("limit");
+                    return Box::pin(std::future::ready(too_many_streams()));
+                }
             },
             None => None,
         };
@@ -147,10 +160,48 @@ impl Route {
             {
                 Ok(subscription) => EventStream::with_config(subscription, config)
                     .hold(permit)
+                    .expire_at(deadline)
                     .into_response(),
                 Err(e) => EventStream::error_response(&e),
             }
         })
+    }
+}
+
+/// Checks a stream request against the policy: the instant the stream must end, if any, or
+/// the refusal. Topics that break the rule are left for the bus to refuse.
+fn authorize(
+    policy: &Policy,
+    parts: &Parts,
+    names: &[String],
+) -> Result<Option<tokio::time::Instant>, Denied> {
+    let Ok(topics) = names
+        .iter()
+        .map(|t| Topic::new(t))
+        .collect::<Result<Vec<_>, _>>()
+    else {
+        return Ok(None);
+    };
+    if topics.is_empty() {
+        return Ok(None);
+    }
+    match policy.subscribe(parts, &topics) {
+        // An instant beyond what a clock can represent is as good as never.
+        Ok(grant) => Ok(grant.expires_at().and_then(|at| {
+            let left = at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            tokio::time::Instant::now().checked_add(left)
+        })),
+        Err(denied) => {
+            tracing::debug!(status = %denied.status_code(), reason = %denied, "stream refused");
+            crate::metrics::refused(if denied.is_forbidden() {
+                "forbidden"
+            } else {
+                "unauthenticated"
+            });
+            Err(denied)
+        }
     }
 }
 

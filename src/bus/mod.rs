@@ -59,6 +59,7 @@ struct Inner {
     backend: Box<dyn Backend>,
     max_event_bytes: usize,
     max_topics: usize,
+    metrics: crate::metrics::BusMetrics,
 }
 
 impl EventBus {
@@ -78,6 +79,7 @@ impl EventBus {
                 backend,
                 max_event_bytes: builder.max_event_bytes,
                 max_topics: builder.max_topics,
+                metrics: crate::metrics::BusMetrics::new(),
             }),
         }
     }
@@ -96,7 +98,8 @@ impl EventBus {
         topic: impl AsRef<str>,
         event: Event,
     ) -> Result<Published, BusError> {
-        let topic = Topic::new(topic.as_ref())?;
+        let name = topic.as_ref();
+        let topic = Topic::new(name)?;
         let len = event.data_len();
         if len > self.inner.max_event_bytes {
             return Err(BusError::new(BusErrorKind::TooLarge {
@@ -104,7 +107,15 @@ impl EventBus {
                 max: self.inner.max_event_bytes,
             }));
         }
-        self.inner.backend.publish(topic, event).await
+        let published = self.inner.backend.publish(topic, event).await?;
+        self.inner.metrics.published();
+        tracing::trace!(
+            topic = name,
+            id = %published.id(),
+            local_only = published.is_local_only(),
+            "published"
+        );
+        Ok(published)
     }
 
     /// Subscribes to `topics`, resuming after `resume_from` (a `Last-Event-ID` value) when given.

@@ -61,6 +61,7 @@ impl Queue {
             return false;
         }
         let accepted = if state.items.len() >= self.capacity {
+            crate::metrics::lagged(state.items.len() + 1);
             state.items = VecDeque::new();
             state.end = Some(End::Lagged);
             false

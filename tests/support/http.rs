@@ -81,6 +81,25 @@ pub(crate) async fn request(
     (status, headers, String::from_utf8(body.to_vec()).unwrap())
 }
 
+/// Like [`request`], with extra request headers.
+pub(crate) async fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, http::HeaderMap, String) {
+    let response = send(addr, method, path, headers, body).await;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = tokio::time::timeout(WAIT, response.into_body().collect())
+        .await
+        .expect("body in time")
+        .unwrap()
+        .to_bytes();
+    (status, headers, String::from_utf8(body.to_vec()).unwrap())
+}
+
 async fn send(
     addr: SocketAddr,
     method: &str,
@@ -142,6 +161,21 @@ impl SseClient {
             .map(|id| vec![("last-event-id", id)])
             .unwrap_or_default();
         let response = send(addr, "GET", path, &headers, "").await;
+        Self {
+            status: response.status(),
+            headers: response.headers().clone(),
+            body: response.into_body(),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Opens `path` with extra request headers; returns once the response head has arrived.
+    pub(crate) async fn connect_with(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Self {
+        let response = send(addr, "GET", path, headers, "").await;
         Self {
             status: response.status(),
             headers: response.headers().clone(),

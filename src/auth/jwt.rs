@@ -1,0 +1,390 @@
+//! [`JwtPolicy`]: authorization by JSON Web Tokens naming the topics a client may use.
+
+use std::{
+    error::Error as StdError,
+    fmt,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use http::request::Parts;
+use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use super::{bearer_token, Authorize, Denied, Grant, Selector};
+use crate::bus::Topic;
+
+/// An [`Authorize`] policy that reads a signed JWT from the request and allows the topics its
+/// claims select.
+///
+/// The token comes in an `Authorization: Bearer TOKEN` header, an `access_token` query
+/// parameter (for `EventSource`, which cannot set headers) or a cookie named `sse_token` (see
+/// [`bearer_token`](super::bearer_token)). Its claims:
+///
+/// ```json
+/// {"sub": "user-1", "exp": 1893456000, "subscribe": ["org1:*"], "publish": ["org1:orders"]}
+/// ```
+///
+/// `subscribe` and `publish` list [`Selector`]s: an exact topic, or a prefix ending in `*`.
+/// A missing list allows nothing; a selector that is not valid selects nothing. `exp` is
+/// required.
+///
+/// - No token, or one that is malformed, wrongly signed, signed with another algorithm than
+///   the policy's (`alg: none` included) or expired: `401`.
+/// - A valid token whose selectors do not cover a requested topic (any one of the topics of a
+///   stream): `403`.
+/// - A stream opened with a valid token ends when the token expires, with a comment telling
+///   the client to reconnect with a fresh token.
+///
+/// Cloning is cheap (a reference count). The `Debug` output never shows the key.
+///
+/// # Example
+///
+/// ```
+/// use tower_sse::{EventBus, JwtPolicy, SseLayer};
+///
+/// let policy = JwtPolicy::hs256(b"a secret of at least 32 bytes, really");
+/// let layer = SseLayer::new(EventBus::memory()).authorize(policy.clone());
+/// // In the handler that publishes: `policy.publish(&parts, &topic)?`.
+/// # let _ = layer;
+/// ```
+#[derive(Clone)]
+pub struct JwtPolicy {
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone)]
+struct Inner {
+    key: DecodingKey,
+    validation: Validation,
+    algorithm: Algorithm,
+    leeway: Duration,
+}
+
+/// A public key that could not be read.
+#[derive(Clone)]
+pub struct InvalidKey {
+    message: String,
+}
+
+impl fmt::Debug for InvalidKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("InvalidKey").field(&self.message).finish()
+    }
+}
+
+impl fmt::Display for InvalidKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid key: {}", self.message)
+    }
+}
+
+impl StdError for InvalidKey {}
+
+impl JwtPolicy {
+    /// Accepts tokens signed with HMAC-SHA256 (`HS256`) and `secret`.
+    pub fn hs256(secret: impl AsRef<[u8]>) -> Self {
+        Self::new(DecodingKey::from_secret(secret.as_ref()), Algorithm::HS256)
+    }
+
+    /// Accepts tokens signed with RSA PKCS#1 v1.5 and SHA-256 (`RS256`), verified with a PEM
+    /// public key (`-----BEGIN PUBLIC KEY-----` or `-----BEGIN RSA PUBLIC KEY-----`).
+    ///
+    /// # Errors
+    ///
+    /// When `public_key` is not a PEM RSA public key.
+    pub fn rs256_pem(public_key: impl AsRef<[u8]>) -> Result<Self, InvalidKey> {
+        let key = DecodingKey::from_rsa_pem(public_key.as_ref()).map_err(invalid_key)?;
+        Ok(Self::new(key, Algorithm::RS256))
+    }
+
+    /// Accepts tokens signed with ECDSA on P-256 and SHA-256 (`ES256`), verified with a PEM
+    /// public key (`-----BEGIN PUBLIC KEY-----`).
+    ///
+    /// # Errors
+    ///
+    /// When `public_key` is not a PEM EC public key.
+    pub fn es256_pem(public_key: impl AsRef<[u8]>) -> Result<Self, InvalidKey> {
+        let key = DecodingKey::from_ec_pem(public_key.as_ref()).map_err(invalid_key)?;
+        Ok(Self::new(key, Algorithm::ES256))
+    }
+
+    fn new(key: DecodingKey, algorithm: Algorithm) -> Self {
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = 0;
+        // A token is expired from the second of its `exp` on (the library's own check accepts
+        // it during that second), when its streams end too.
+        validation.reject_tokens_expiring_in_less_than = 1;
+        validation.validate_nbf = true;
+        Self {
+            inner: Arc::new(Inner {
+                key,
+                validation,
+                algorithm,
+                leeway: Duration::ZERO,
+            }),
+        }
+    }
+
+    /// Tolerates clocks that differ by up to `leeway` (whole seconds) when checking `exp` and
+    /// `nbf`; streams then end `leeway` after `exp`. Default: none.
+    pub fn leeway(mut self, leeway: Duration) -> Self {
+        let inner = Arc::make_mut(&mut self.inner);
+        inner.validation.leeway = leeway.as_secs();
+        inner.leeway = Duration::from_secs(leeway.as_secs());
+        self
+    }
+
+    /// Requires the `iss` claim to be `issuer`.
+    pub fn issuer(mut self, issuer: &str) -> Self {
+        let validation = &mut Arc::make_mut(&mut self.inner).validation;
+        validation.set_issuer(&[issuer]);
+        validation.required_spec_claims.insert("iss".to_owned());
+        self
+    }
+
+    /// Requires the `aud` claim to name `audience`. Without this, tokens that carry an `aud`
+    /// claim are refused, as they are meant for some other service.
+    pub fn audience(mut self, audience: &str) -> Self {
+        let validation = &mut Arc::make_mut(&mut self.inner).validation;
+        validation.set_audience(&[audience]);
+        validation.required_spec_claims.insert("aud".to_owned());
+        self
+    }
+
+    /// Verifies the request's token and returns its claims.
+    ///
+    /// # Errors
+    ///
+    /// A `401` [`Denied`] when there is no token or it is not valid.
+    pub fn claims(&self, request: &Parts) -> Result<Claims, Denied> {
+        let token = bearer_token(request).ok_or_else(|| {
+            Denied::unauthenticated(
+                "no token: send Authorization: Bearer TOKEN, an access_token query parameter \
+                 or an sse_token cookie",
+            )
+        })?;
+        let inner = &*self.inner;
+        let data = jsonwebtoken::decode::<RawClaims>(&*token, &inner.key, &inner.validation)
+            .map_err(|e| Denied::invalid_token(token_problem(e.kind())))?;
+        let raw = data.claims;
+        let expires_at = raw
+            .exp
+            .and_then(|exp| Duration::try_from_secs_f64(exp).ok())
+            .and_then(|exp| UNIX_EPOCH.checked_add(exp + inner.leeway));
+        Ok(Claims {
+            subject: raw.sub,
+            expires_at,
+            subscribe: selectors(raw.subscribe),
+            publish: selectors(raw.publish),
+        })
+    }
+}
+
+fn invalid_key(e: jsonwebtoken::errors::Error) -> InvalidKey {
+    InvalidKey {
+        message: e.to_string(),
+    }
+}
+
+/// Why a token was refused, in words for the client (never the token itself).
+fn token_problem(kind: &ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::ExpiredSignature => "invalid token: it has expired",
+        ErrorKind::ImmatureSignature => "invalid token: it is not valid yet",
+        ErrorKind::InvalidSignature => "invalid token: the signature does not match",
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            "invalid token: its algorithm is not the one this server accepts"
+        }
+        ErrorKind::MissingRequiredClaim(_) => "invalid token: a required claim is missing",
+        ErrorKind::InvalidIssuer => "invalid token: it was issued by someone else",
+        ErrorKind::InvalidAudience => "invalid token: it is meant for another audience",
+        ErrorKind::InvalidClaimFormat(_) => "invalid token: its claims are malformed",
+        _ => "invalid token: it is malformed",
+    }
+}
+
+fn selectors(raw: Vec<String>) -> Vec<Selector> {
+    raw.iter().filter_map(|s| Selector::new(s).ok()).collect()
+}
+
+impl Authorize for JwtPolicy {
+    fn subscribe(&self, request: &Parts, topics: &[Topic]) -> Result<Grant, Denied> {
+        let claims = self.claims(request)?;
+        if let Some(topic) = topics.iter().find(|t| !claims.may_subscribe(t)) {
+            return Err(Denied::forbidden(format!(
+                "this token may not subscribe to topic {topic}"
+            )));
+        }
+        Ok(match claims.expires_at {
+            Some(at) => Grant::until(at),
+            None => Grant::new(),
+        })
+    }
+
+    fn publish(&self, request: &Parts, topic: &Topic) -> Result<(), Denied> {
+        let claims = self.claims(request)?;
+        if !claims.may_publish(topic) {
+            return Err(Denied::forbidden(format!(
+                "this token may not publish to topic {topic}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for JwtPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtPolicy")
+            .field("algorithm", &self.inner.algorithm)
+            .field("leeway", &self.inner.leeway)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct RawClaims {
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    exp: Option<f64>,
+    #[serde(default)]
+    subscribe: Vec<String>,
+    #[serde(default)]
+    publish: Vec<String>,
+}
+
+/// The verified claims of a token, from [`JwtPolicy::claims`].
+#[derive(Debug, Clone)]
+pub struct Claims {
+    subject: Option<String>,
+    expires_at: Option<SystemTime>,
+    subscribe: Vec<Selector>,
+    publish: Vec<Selector>,
+}
+
+impl Claims {
+    /// The `sub` claim: who the token was issued to.
+    pub fn subject(&self) -> Option<&str> {
+        self.subject.as_deref()
+    }
+
+    /// When the token expires (its `exp`, plus the policy's leeway).
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.expires_at
+    }
+
+    /// The valid selectors of the `subscribe` claim.
+    pub fn subscribe(&self) -> &[Selector] {
+        &self.subscribe
+    }
+
+    /// The valid selectors of the `publish` claim.
+    pub fn publish(&self) -> &[Selector] {
+        &self.publish
+    }
+
+    /// Whether the token allows subscribing to `topic`.
+    pub fn may_subscribe(&self, topic: impl AsRef<str>) -> bool {
+        self.subscribe.iter().any(|s| s.matches(topic.as_ref()))
+    }
+
+    /// Whether the token allows publishing to `topic`.
+    pub fn may_publish(&self, topic: impl AsRef<str>) -> bool {
+        self.publish.iter().any(|s| s.matches(topic.as_ref()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    use super::*;
+
+    const SECRET: &[u8] = b"unit test secret, long enough for HS256";
+
+    fn request(claims: &serde_json::Value) -> Parts {
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        let (parts, ()) = http::Request::get("/events/t")
+            .header("authorization", format!("Bearer {token}"))
+            .body(())
+            .unwrap()
+            .into_parts();
+        parts
+    }
+
+    fn in_an_hour() -> u64 {
+        jsonwebtoken::get_current_timestamp() + 3600
+    }
+
+    #[test]
+    fn claims_and_selectors() {
+        let exp = in_an_hour();
+        let policy = JwtPolicy::hs256(SECRET);
+        let req = request(&json!({
+            "sub": "u", "exp": exp, "subscribe": ["a:*", "bad selector", "b"], "publish": ["a:x"]
+        }));
+        let claims = policy.claims(&req).unwrap();
+        assert_eq!(claims.subject(), Some("u"));
+        assert_eq!(
+            claims.expires_at(),
+            Some(UNIX_EPOCH + Duration::from_secs(exp))
+        );
+        // The invalid selector selects nothing; the others work.
+        assert_eq!(claims.subscribe().len(), 2);
+        assert!(claims.may_subscribe("a:y") && claims.may_subscribe("b"));
+        assert!(!claims.may_subscribe("bad selector") && !claims.may_subscribe("c"));
+        assert!(claims.may_publish("a:x") && !claims.may_publish("a:y"));
+
+        let topics = [Topic::new("a:1").unwrap(), Topic::new("b").unwrap()];
+        let grant = policy.subscribe(&req, &topics).unwrap();
+        assert_eq!(grant.expires_at(), claims.expires_at());
+        let denied = policy
+            .subscribe(
+                &req,
+                &[Topic::new("a:1").unwrap(), Topic::new("c").unwrap()],
+            )
+            .unwrap_err();
+        assert!(denied.is_forbidden() && denied.message().contains("topic c"));
+        assert!(policy.publish(&req, &Topic::new("a:x").unwrap()).is_ok());
+        assert!(policy
+            .publish(&req, &Topic::new("a:y").unwrap())
+            .unwrap_err()
+            .is_forbidden());
+    }
+
+    #[test]
+    fn leeway_issuer_and_audience() {
+        let now = jsonwebtoken::get_current_timestamp();
+        let just_expired = request(&json!({"exp": now - 5}));
+        assert!(JwtPolicy::hs256(SECRET).claims(&just_expired).is_err());
+        let lenient = JwtPolicy::hs256(SECRET).leeway(Duration::from_secs(30));
+        let claims = lenient.claims(&just_expired).unwrap();
+        // The stream still ends when the leeway is over.
+        assert_eq!(
+            claims.expires_at(),
+            Some(UNIX_EPOCH + Duration::from_secs(now + 25))
+        );
+
+        let exp = in_an_hour();
+        let with_aud = request(&json!({"exp": exp, "aud": "events", "iss": "me"}));
+        let plain = request(&json!({"exp": exp}));
+        // A token for some audience is not for a policy that names none.
+        assert!(JwtPolicy::hs256(SECRET).claims(&with_aud).is_err());
+        let strict = JwtPolicy::hs256(SECRET).audience("events").issuer("me");
+        assert!(strict.claims(&with_aud).is_ok());
+        assert!(strict.claims(&plain).unwrap_err().is_unauthenticated());
+        let other = JwtPolicy::hs256(SECRET).audience("events").issuer("you");
+        let denied = other.claims(&with_aud).unwrap_err();
+        assert!(
+            denied.message().contains("issued by someone else"),
+            "{denied}"
+        );
+    }
+}

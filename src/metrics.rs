@@ -1,0 +1,187 @@
+//! Metrics through the [`metrics`](https://docs.rs/metrics) facade (feature `metrics`).
+//!
+//! Nothing is exported until your application installs a recorder (for example
+//! `metrics-exporter-prometheus`). Install it before building the [`EventBus`] and serving:
+//! the bus and each stream look their metrics up once, when they are created, so the path of
+//! an event only adds to counters.
+//!
+//! | name | type | labels | what |
+//! | --- | --- | --- | --- |
+//! | `sse_streams_open` | gauge | | event streams open on this instance |
+//! | `sse_streams_refused_total` | counter | `reason`: `limit`, `unauthenticated`, `forbidden` | stream requests refused before subscribing |
+//! | `sse_resumes_total` | counter | `outcome`: `fresh`, `resumed`, `reset` | how streams started (no resume point, resumed, resume point not honoured) |
+//! | `sse_events_published_total` | counter | | events published through this instance |
+//! | `sse_events_delivered_total` | counter | | events written to event streams |
+//! | `sse_events_dropped_total` | counter | | events discarded from the queues of subscribers disconnected for falling behind |
+//! | `sse_slow_consumer_disconnects_total` | counter | | subscribers disconnected for falling behind |
+//! | `sse_redis_reconnects_total` | counter | | times a Redis backend got its lost connection back |
+//! | `sse_topics` | gauge | | topics with subscribers or history ([`record_stats`]) |
+//! | `sse_subscriptions` | gauge | | topic subscriptions ([`record_stats`]) |
+//! | `sse_history_events`, `sse_history_bytes` | gauge | | events and bytes held for resume ([`record_stats`]) |
+//!
+//! # Example
+//!
+//! ```
+//! use tower_sse::EventBus;
+//!
+//! // Install a recorder first (here: none, so everything goes nowhere).
+//! tower_sse::metrics::describe();
+//! let bus = EventBus::memory();
+//! // When your exporter is scraped:
+//! tower_sse::metrics::record_stats(&bus);
+//! ```
+
+#[cfg(feature = "metrics")]
+use crate::bus::EventBus;
+use crate::bus::ResumeStatus;
+
+/// Registers a description (and unit) of every metric with the installed recorder, for
+/// exporters that show them (Prometheus `# HELP` lines).
+#[cfg(feature = "metrics")]
+pub fn describe() {
+    use ::metrics::{describe_counter, describe_gauge, Unit};
+    describe_gauge!("sse_streams_open", "Event streams open on this instance.");
+    describe_counter!(
+        "sse_streams_refused_total",
+        "Stream requests refused before subscribing, by reason."
+    );
+    describe_counter!(
+        "sse_resumes_total",
+        "Streams started, by outcome: fresh, resumed or reset."
+    );
+    describe_counter!(
+        "sse_events_published_total",
+        "Events published through this instance."
+    );
+    describe_counter!(
+        "sse_events_delivered_total",
+        "Events written to event streams."
+    );
+    describe_counter!(
+        "sse_events_dropped_total",
+        "Events discarded from the queues of subscribers disconnected for falling behind."
+    );
+    describe_counter!(
+        "sse_slow_consumer_disconnects_total",
+        "Subscribers disconnected for falling behind."
+    );
+    describe_counter!(
+        "sse_redis_reconnects_total",
+        "Times a Redis backend got its lost connection back."
+    );
+    describe_gauge!("sse_topics", "Topics with subscribers or history.");
+    describe_gauge!("sse_subscriptions", "Topic subscriptions on this instance.");
+    describe_gauge!("sse_history_events", "Events held in history for resume.");
+    describe_gauge!(
+        "sse_history_bytes",
+        Unit::Bytes,
+        "Bytes of encoded events held in history for resume."
+    );
+}
+
+/// Sets the gauges that describe `bus`'s state (`sse_topics`, `sse_subscriptions`,
+/// `sse_history_events`, `sse_history_bytes`) from [`EventBus::stats`]. Call it before your
+/// exporter renders, or on a timer: it takes the bus's lock once and walks its topics.
+#[cfg(feature = "metrics")]
+pub fn record_stats(bus: &EventBus) {
+    let stats = bus.stats();
+    ::metrics::gauge!("sse_topics").set(stats.topics as f64);
+    ::metrics::gauge!("sse_subscriptions").set(stats.subscriptions as f64);
+    ::metrics::gauge!("sse_history_events").set(stats.history_events as f64);
+    ::metrics::gauge!("sse_history_bytes").set(stats.history_bytes as f64);
+}
+
+/// The metrics of one open event stream: counted open while it lives.
+#[derive(Debug)]
+pub(crate) struct StreamMetrics {
+    #[cfg(feature = "metrics")]
+    open: ::metrics::Gauge,
+    #[cfg(feature = "metrics")]
+    delivered: ::metrics::Counter,
+}
+
+impl StreamMetrics {
+    /// A stream opened, starting as `status` says.
+    pub(crate) fn open(status: ResumeStatus) -> Self {
+        #[cfg(feature = "metrics")]
+        {
+            ::metrics::counter!("sse_resumes_total", "outcome" => status.as_str()).increment(1);
+            let open = ::metrics::gauge!("sse_streams_open");
+            open.increment(1.0);
+            Self {
+                open,
+                delivered: ::metrics::counter!("sse_events_delivered_total"),
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        {
+            let _ = status;
+            Self {}
+        }
+    }
+
+    /// `n` events were written to the stream.
+    #[inline]
+    pub(crate) fn delivered(&self, n: u64) {
+        #[cfg(feature = "metrics")]
+        self.delivered.increment(n);
+        #[cfg(not(feature = "metrics"))]
+        let _ = n;
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl Drop for StreamMetrics {
+    fn drop(&mut self) {
+        self.open.decrement(1.0);
+    }
+}
+
+/// The metrics of one bus, looked up when it is built.
+#[derive(Debug)]
+pub(crate) struct BusMetrics {
+    #[cfg(feature = "metrics")]
+    published: ::metrics::Counter,
+}
+
+impl BusMetrics {
+    pub(crate) fn new() -> Self {
+        Self {
+            #[cfg(feature = "metrics")]
+            published: ::metrics::counter!("sse_events_published_total"),
+        }
+    }
+
+    /// An event was published.
+    #[inline]
+    pub(crate) fn published(&self) {
+        #[cfg(feature = "metrics")]
+        self.published.increment(1);
+    }
+}
+
+/// A stream request was refused before subscribing.
+pub(crate) fn refused(reason: &'static str) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("sse_streams_refused_total", "reason" => reason).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = reason;
+}
+
+/// A subscriber fell behind and was disconnected; `dropped` events were discarded.
+pub(crate) fn lagged(dropped: usize) {
+    #[cfg(feature = "metrics")]
+    {
+        ::metrics::counter!("sse_slow_consumer_disconnects_total").increment(1);
+        ::metrics::counter!("sse_events_dropped_total").increment(dropped as u64);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = dropped;
+}
+
+/// A Redis backend got its lost connection back.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn redis_reconnected() {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("sse_redis_reconnects_total").increment(1);
+}
