@@ -3,6 +3,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use crate::{
+    auth::{Authorize, Policy},
     bus::EventBus,
     route::{Route, StreamLimit},
     service::Sse,
@@ -65,6 +66,15 @@ impl SseLayer {
         self
     }
 
+    /// Sets the write delay of every stream: frames that arrive within `delay` of a stream's
+    /// last write wait and go out together in one write; a frame arriving on a stream that was
+    /// quiet for `delay` goes out at once. See [`EventStream::write_delay`](crate::EventStream::write_delay).
+    /// Default: 8 ms; `Duration::ZERO` writes every frame as soon as it arrives.
+    pub fn write_delay(mut self, delay: Duration) -> Self {
+        self.route.stream.write_delay = delay;
+        self
+    }
+
     /// Sets the reconnection delay sent to clients, and the random extra delay added to it so
     /// clients do not all reconnect at once. Default: 3 seconds plus up to 2 seconds.
     pub fn retry(mut self, retry: Option<Duration>, jitter: Duration) -> Self {
@@ -78,6 +88,38 @@ impl SseLayer {
     /// Default: no limit.
     pub fn max_streams(mut self, max: usize) -> Self {
         self.route.limit = Some(StreamLimit::new(max));
+        self
+    }
+
+    /// Checks every stream request with `policy` before subscribing.
+    ///
+    /// The policy sees the request (headers, URI, and the extensions your authentication
+    /// middleware set, when it runs before this layer) and the requested topics. A refusal is
+    /// answered with `401 Unauthorized` (with `WWW-Authenticate: Bearer`) or `403 Forbidden`
+    /// and its message; a stream naming several topics is refused whole when any one is not
+    /// allowed. A stream granted until an instant ends then, with the comment
+    /// `: token expired; reconnect with a fresh token` (and the id to resume from).
+    ///
+    /// Publishing is your handlers' business: check it there with
+    /// [`Authorize::publish`](crate::Authorize::publish).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::request::Parts;
+    /// use tower_sse::{auth::Action, Denied, EventBus, SseLayer, Topic};
+    ///
+    /// let layer = SseLayer::new(EventBus::memory()).authorize(
+    ///     |req: &Parts, _: Action, _: &[Topic]| match req.headers.get("x-api-key") {
+    ///         Some(key) if key == "let-me-in" => Ok(()),
+    ///         Some(_) => Err(Denied::invalid_token("unknown API key")),
+    ///         None => Err(Denied::unauthenticated("send an x-api-key header")),
+    ///     },
+    /// );
+    /// # let _ = layer;
+    /// ```
+    pub fn authorize(mut self, policy: impl Authorize) -> Self {
+        self.route.authorize = Some(Policy::new(policy));
         self
     }
 

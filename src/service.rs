@@ -11,6 +11,7 @@ use http_body::Body;
 use tower_service::Service;
 
 use crate::{
+    auth::{Authorize, Policy},
     body::SseBody,
     bus::EventBus,
     future::ResponseFuture,
@@ -92,7 +93,7 @@ where
         if self.route.matches(&req) {
             let (parts, _body) = req.into_parts();
             let request = self.route.parse(&parts);
-            ResponseFuture::stream(self.route.serve(request))
+            ResponseFuture::stream(self.route.serve(&parts, request))
         } else {
             ResponseFuture::inner(self.inner.call(req))
         }
@@ -149,6 +150,21 @@ impl SseService {
         self
     }
 
+    /// Checks every stream request with `policy` before subscribing: a refusal is answered
+    /// with `401` or `403`, and a stream granted until an instant ends then. See
+    /// [`SseLayer::authorize`](crate::SseLayer::authorize).
+    pub fn authorize(mut self, policy: impl Authorize) -> Self {
+        Arc::make_mut(&mut self.route).authorize = Some(Policy::new(policy));
+        self
+    }
+
+    /// Sets the write delay of every stream; see
+    /// [`EventStream::write_delay`](crate::EventStream::write_delay). Default: 8 ms.
+    pub fn write_delay(mut self, delay: Duration) -> Self {
+        Arc::make_mut(&mut self.route).stream.write_delay = delay;
+        self
+    }
+
     /// Sets the reconnection delay sent to clients and its random extra delay. Default: 3
     /// seconds plus up to 2 seconds.
     pub fn retry(mut self, retry: Option<Duration>, jitter: Duration) -> Self {
@@ -173,7 +189,7 @@ impl<B> Service<Request<B>> for SseService {
         if self.route.matches(&req) {
             let (parts, _body) = req.into_parts();
             let request = self.route.parse(&parts);
-            StreamFuture::new(self.route.serve(request))
+            StreamFuture::new(self.route.serve(&parts, request))
         } else {
             let response = if req.method() == http::Method::GET {
                 text_response(StatusCode::NOT_FOUND, "not an event stream route")

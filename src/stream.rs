@@ -5,7 +5,7 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 
@@ -19,6 +19,7 @@ use crate::{
     bus::{random_u64, Message, ResumeStatus, Subscription},
     event::KEEP_ALIVE,
     last_event_id::EventId,
+    metrics::StreamMetrics,
     route::StreamPermit,
 };
 
@@ -29,12 +30,14 @@ pub const STATUS_EVENT: &str = "sse-status";
 /// Frames written together in one body chunk at most (when a client has a backlog).
 const MAX_BATCH_BYTES: usize = 64 * 1024;
 
-/// How an [`EventStream`] behaves: keep-alive and the client's reconnection delay.
+/// How an [`EventStream`] behaves: keep-alive, the client's reconnection delay and the write
+/// delay.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct StreamConfig {
     pub(crate) keep_alive: Option<Duration>,
     pub(crate) retry: Option<Duration>,
     pub(crate) retry_jitter: Duration,
+    pub(crate) write_delay: Duration,
 }
 
 impl Default for StreamConfig {
@@ -43,9 +46,13 @@ impl Default for StreamConfig {
             keep_alive: Some(Duration::from_secs(15)),
             retry: Some(Duration::from_secs(3)),
             retry_jitter: Duration::from_secs(2),
+            write_delay: DEFAULT_WRITE_DELAY,
         }
     }
 }
+
+/// The default of [`EventStream::write_delay`].
+pub(crate) const DEFAULT_WRITE_DELAY: Duration = Duration::from_millis(8);
 
 /// A `text/event-stream` response body serving a [`Subscription`].
 ///
@@ -53,10 +60,11 @@ impl Default for StreamConfig {
 /// fleet of clients does not reconnect in lockstep) and a [`STATUS_EVENT`] event whose data is
 /// `{"status":"fresh"}`, `{"status":"resumed","replayed":N}` or
 /// `{"status":"reset","reason":"..."}`, with the id to resume from. Then come the events, in
-/// order, several to a chunk when the client has a backlog. When idle, a keep-alive comment is
-/// sent every 15 seconds by default. When the subscriber falls too far behind or the bus shuts
-/// down, a final comment says why and the stream ends; the browser reconnects with the
-/// `Last-Event-ID` of the last event it received and resumes.
+/// order, several to a chunk when the client has a backlog or when they arrive within the
+/// [write delay](EventStream::write_delay) (8 ms by default) of the previous chunk. When idle,
+/// a keep-alive comment is sent every 15 seconds by default. When the subscriber falls too far
+/// behind or the bus shuts down, a final comment says why and the stream ends; the browser
+/// reconnects with the `Last-Event-ID` of the last event it received and resumes.
 ///
 /// Also used for the short error responses of [`Sse`](crate::Sse) and
 /// [`SseService`](crate::SseService).
@@ -94,8 +102,22 @@ struct Live {
     config: StreamConfig,
     head: Option<Bytes>,
     keep_alive: Option<Pin<Box<Sleep>>>,
+    /// When the client's authorization ends, if it does.
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// When the last chunk of any kind went out: the keep-alive timer, when it fires, is checked
+    /// against it (rather than reset at every write).
+    last_sent: Option<Instant>,
+    /// When the last chunk with events went out (only tracked with a write delay).
+    last_write: Option<Instant>,
+    /// Frames waiting for the write delay to pass, and the timer that sends them.
+    held: Option<Held>,
+    flush: Option<Pin<Box<Sleep>>>,
+    /// The last write sent frames that had waited: until a delay passes without events, the
+    /// subscription is checked only when each delay ends, so publishes do not wake the task.
+    busy: bool,
     started: bool,
     done: bool,
+    metrics: StreamMetrics,
     _permit: Option<StreamPermit>,
 }
 
@@ -106,12 +128,24 @@ impl EventStream {
     }
 
     pub(crate) fn with_config(subscription: Subscription, config: StreamConfig) -> Self {
+        tracing::debug!(
+            topics = ?subscription.topics(),
+            status = ?subscription.status(),
+            "stream opened"
+        );
         Self {
             kind: Kind::Live(Box::new(Live {
+                metrics: StreamMetrics::open(subscription.status()),
                 subscription,
                 config,
                 head: None,
                 keep_alive: None,
+                deadline: None,
+                last_sent: None,
+                last_write: None,
+                held: None,
+                flush: None,
+                busy: false,
                 started: false,
                 done: false,
                 _permit: None,
@@ -133,6 +167,14 @@ impl EventStream {
         self
     }
 
+    /// Ends the stream at `deadline` (when the client's authorization expires).
+    pub(crate) fn expire_at(mut self, deadline: Option<Instant>) -> Self {
+        if let (Kind::Live(live), Some(at)) = (&mut self.kind, deadline) {
+            live.deadline = Some(Box::pin(tokio::time::sleep_until(at)));
+        }
+        self
+    }
+
     fn config_mut(&mut self) -> Option<&mut StreamConfig> {
         match &mut self.kind {
             Kind::Live(live) => Some(&mut live.config),
@@ -144,6 +186,19 @@ impl EventStream {
     pub fn keep_alive(mut self, interval: Option<Duration>) -> Self {
         if let Some(config) = self.config_mut() {
             config.keep_alive = interval;
+        }
+        self
+    }
+
+    /// Sets the write delay: after a chunk goes out, frames that arrive within `delay` wait and
+    /// go out together when it has passed, in one write. A frame that arrives when nothing was
+    /// written for `delay` goes out at once, so a quiet stream has no added latency; a busy one
+    /// has at most `delay` added, and makes one write (and one wake-up of its task) per
+    /// `delay` instead of one per event. `Duration::ZERO` writes every frame as soon as it
+    /// arrives. Default: 8 ms.
+    pub fn write_delay(mut self, delay: Duration) -> Self {
+        if let Some(config) = self.config_mut() {
+            config.write_delay = delay;
         }
         self
     }
@@ -233,12 +288,6 @@ impl Live {
         buf.freeze()
     }
 
-    fn reset_keep_alive(&mut self) {
-        if let (Some(sleep), Some(every)) = (&mut self.keep_alive, self.config.keep_alive) {
-            sleep.as_mut().reset(Instant::now() + every);
-        }
-    }
-
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         if self.done {
             return Poll::Ready(None);
@@ -250,8 +299,29 @@ impl Live {
                 self.keep_alive = Some(Box::pin(tokio::time::sleep(every)));
             }
         }
-        let mut first: Option<Bytes> = None;
-        let mut batch: Option<BytesMut> = None;
+        // Frames held back by the write delay come first.
+        let Held {
+            mut first,
+            mut batch,
+            mut len,
+            mut events,
+        } = self.held.take().unwrap_or_default();
+        let hold_until = match self.last_write {
+            Some(at) if !self.config.write_delay.is_zero() => Some(at + self.config.write_delay),
+            _ => None,
+        };
+        // The clock is read at most once per poll.
+        let mut clock = None;
+        let mut now = || *clock.get_or_insert_with(Instant::now);
+        let holding = hold_until.is_some_and(|until| now() < until);
+        let had_held = first.is_some() || batch.is_some();
+        // While frames are held (or the stream is busy), the subscription is not polled: events
+        // published meanwhile are picked up when the delay is over.
+        let held_back = holding && (had_held || self.busy);
+        // A busy stream checks its subscription without asking to be woken by it.
+        let mut busy = self.busy && !held_back;
+        let noop: &Waker = Waker::noop();
+        let mut quiet = Context::from_waker(noop);
         let mut push = |bytes: &[u8], owned: Option<Bytes>| match (&mut first, &mut batch) {
             (None, None) => first = Some(owned.unwrap_or_else(|| Bytes::copy_from_slice(bytes))),
             (Some(f), None) => {
@@ -262,64 +332,150 @@ impl Live {
             }
             (_, Some(b)) => b.put_slice(bytes),
         };
-        let mut len = 0;
         if let Some(head) = self.head.take() {
             len += head.len();
             push(&head, Some(head.clone()));
         }
-        while len < MAX_BATCH_BYTES {
-            match Pin::new(&mut self.subscription).poll_next(cx) {
-                Poll::Pending => break,
-                Poll::Ready(Some(Message::Event(event))) => {
-                    let frame = event.into_frame();
-                    len += frame.len();
-                    push(&frame, Some(frame.clone()));
+        let len_before = len;
+        let mut pass = !held_back;
+        while pass {
+            pass = false;
+            let drain_cx = if busy { &mut quiet } else { &mut *cx };
+            let mut pending = false;
+            while len < MAX_BATCH_BYTES {
+                match Pin::new(&mut self.subscription).poll_next(drain_cx) {
+                    Poll::Pending => {
+                        pending = true;
+                        break;
+                    }
+                    Poll::Ready(Some(Message::Event(event))) => {
+                        let frame = event.into_frame();
+                        events += 1;
+                        len += frame.len();
+                        push(&frame, Some(frame.clone()));
+                    }
+                    Poll::Ready(Some(Message::Gap(reason))) => {
+                        let mut buf = BytesMut::new();
+                        let data = format!(r#"{{"status":"gap","reason":"{}"}}"#, reason.as_str());
+                        put_status(&mut buf, &data, None);
+                        len += buf.len();
+                        push(&buf, None);
+                    }
+                    Poll::Ready(Some(end)) => {
+                        let why = match end {
+                            Message::Lagged => "disconnected: this client fell too far behind",
+                            _ => "the server is shutting down",
+                        };
+                        let comment = format!(
+                            ": {why}; reconnect with Last-Event-ID {} to resume\n\n",
+                            self.subscription.last_event_id()
+                        );
+                        push(comment.as_bytes(), None);
+                        self.done = true;
+                        break;
+                    }
+                    Poll::Ready(None) => {
+                        self.done = true;
+                        break;
+                    }
                 }
-                Poll::Ready(Some(Message::Gap(reason))) => {
-                    let mut buf = BytesMut::new();
-                    let data = format!(r#"{{"status":"gap","reason":"{}"}}"#, reason.as_str());
-                    put_status(&mut buf, &data, None);
-                    len += buf.len();
-                    push(&buf, None);
-                }
-                Poll::Ready(Some(end)) => {
-                    let why = match end {
-                        Message::Lagged => "disconnected: this client fell too far behind",
-                        _ => "the server is shutting down",
-                    };
+            }
+            // A busy stream that found nothing is quiet again: from now on an event wakes it.
+            if busy && pending && !had_held && len == len_before {
+                busy = false;
+                self.busy = false;
+                pass = true;
+            }
+        }
+        if !self.done {
+            if let Some(deadline) = &mut self.deadline {
+                if deadline.as_mut().poll(cx).is_ready() {
                     let comment = format!(
-                        ": {why}; reconnect with Last-Event-ID {} to resume\n\n",
+                        ": token expired; reconnect with a fresh token and Last-Event-ID {} to resume\n\n",
                         self.subscription.last_event_id()
                     );
                     push(comment.as_bytes(), None);
                     self.done = true;
-                    break;
-                }
-                Poll::Ready(None) => {
-                    self.done = true;
-                    break;
                 }
             }
         }
+        if let (true, false, Some(until)) = (holding, self.done, hold_until) {
+            if len < MAX_BATCH_BYTES && (first.is_some() || batch.is_some() || self.busy) {
+                let flush = self
+                    .flush
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+                if flush.deadline() != until {
+                    flush.as_mut().reset(until);
+                }
+                let fired = flush.as_mut().poll(cx).is_ready();
+                if fired {
+                    // The timer says the delay is over (the clock read above can lag it): go
+                    // again without a hold.
+                    self.last_write = None;
+                    cx.waker().wake_by_ref();
+                }
+                self.held = Some(Held {
+                    first,
+                    batch,
+                    len,
+                    events,
+                });
+                return Poll::Pending;
+            }
+        }
+        if first.is_some() || batch.is_some() {
+            self.last_sent = Some(now());
+        }
+        if !self.config.write_delay.is_zero() && events > 0 {
+            // Frames released by the timer count as written when the delay ended, which keeps
+            // a busy stream to one write per delay. (The first frame alone does not count.)
+            let now = now();
+            self.last_write = Some(match hold_until {
+                Some(until) if held_back => now.max(until),
+                _ => now,
+            });
+            self.busy = had_held || busy;
+        }
+        if events > 0 {
+            self.metrics.delivered(events);
+            tracing::trace!(events, bytes = len, "delivered");
+        }
         if let Some(b) = batch {
-            self.reset_keep_alive();
             return Poll::Ready(Some(b.freeze()));
         }
         if let Some(f) = first {
-            self.reset_keep_alive();
             return Poll::Ready(Some(f));
         }
         if self.done {
             return Poll::Ready(None);
         }
-        if let Some(sleep) = &mut self.keep_alive {
+        if let (Some(sleep), Some(every)) = (&mut self.keep_alive, self.config.keep_alive) {
             if sleep.as_mut().poll(cx).is_ready() {
-                self.reset_keep_alive();
-                return Poll::Ready(Some(Bytes::from_static(KEEP_ALIVE)));
+                // Due `every` after the last chunk; the timer only says when to look again.
+                let now = now();
+                let due = self.last_sent.map_or(now, |at| at + every);
+                if now >= due {
+                    sleep.as_mut().reset(now + every);
+                    self.last_sent = Some(now);
+                    return Poll::Ready(Some(Bytes::from_static(KEEP_ALIVE)));
+                }
+                sleep.as_mut().reset(due);
+                if sleep.as_mut().poll(cx).is_ready() {
+                    cx.waker().wake_by_ref();
+                }
             }
         }
         Poll::Pending
     }
+}
+
+/// Frames gathered for one chunk: the first as it is (not copied), further ones concatenated.
+#[derive(Default)]
+struct Held {
+    first: Option<Bytes>,
+    batch: Option<BytesMut>,
+    len: usize,
+    events: u64,
 }
 
 /// Writes a status event.
@@ -375,5 +531,120 @@ impl fmt::Debug for EventStream {
                 .finish(),
             Kind::Fixed(body) => f.debug_struct("EventStream").field("fixed", body).finish(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_util::FutureExt;
+    use http_body_util::BodyExt;
+
+    use crate::{Event, EventBus, EventStream};
+
+    async fn chunk(stream: &mut EventStream) -> String {
+        let frame = stream.frame().await.unwrap().unwrap();
+        String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap()
+    }
+
+    fn ready_chunk(stream: &mut EventStream) -> Option<String> {
+        let frame = stream.frame().now_or_never()?.unwrap().unwrap();
+        Some(String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap())
+    }
+
+    async fn stream(bus: &EventBus, delay: Duration) -> EventStream {
+        let sub = bus.subscribe(["t"], None).await.unwrap();
+        EventStream::new(sub)
+            .keep_alive(None)
+            .retry(None, Duration::ZERO)
+            .write_delay(delay)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn write_delay_gathers_frames_after_a_write() {
+        let bus = EventBus::memory();
+        let mut stream = stream(&bus, Duration::from_millis(10)).await;
+        assert!(chunk(&mut stream).await.starts_with("event: sse-status\n"));
+
+        // The first event goes out at once...
+        bus.publish("t", Event::new("a")).await.unwrap();
+        let first = ready_chunk(&mut stream).expect("sent without waiting");
+        assert!(first.starts_with("data: a\n"), "{first}");
+        // ...the next ones within the delay of that write wait, then go out in one chunk.
+        bus.publish("t", Event::new("b")).await.unwrap();
+        bus.publish("t", Event::new("c")).await.unwrap();
+        assert_eq!(ready_chunk(&mut stream), None);
+        let together = chunk(&mut stream).await;
+        assert_eq!(together.matches("data: ").count(), 2, "{together}");
+        assert!(together.find("data: b").unwrap() < together.find("data: c").unwrap());
+
+        // After a quiet spell longer than the delay: at once.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        bus.publish("t", Event::new("d")).await.unwrap();
+        let alone = ready_chunk(&mut stream).expect("sent without waiting");
+        assert!(alone.starts_with("data: d\n"), "{alone}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_stream_writes_once_per_delay_then_goes_quiet() {
+        let bus = EventBus::memory();
+        let mut stream = stream(&bus, Duration::from_millis(4)).await;
+        assert!(chunk(&mut stream).await.starts_with("event: sse-status\n"));
+        let publisher = bus.clone();
+        tokio::spawn(async move {
+            for i in 0..200 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                publisher
+                    .publish("t", Event::new(i.to_string()))
+                    .await
+                    .unwrap();
+            }
+        });
+        let (mut chunks, mut frames) = (0, 0);
+        while frames < 200 {
+            chunks += 1;
+            frames += chunk(&mut stream).await.matches("data: ").count();
+        }
+        assert_eq!(frames, 200);
+        assert!(
+            (45..=60).contains(&chunks),
+            "{chunks} chunks for 200 events"
+        );
+
+        // Quiet again: nothing for a while, then an event wakes the stream.
+        let wait = tokio::time::timeout(Duration::from_millis(50), stream.frame());
+        assert!(wait.await.is_err());
+        let publisher = bus.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            publisher.publish("t", Event::new("late")).await.unwrap();
+        });
+        let late = tokio::time::timeout(Duration::from_secs(60), chunk(&mut stream));
+        let late = late.await.expect("woken by the event");
+        assert!(late.starts_with("data: late\n"), "{late}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_write_delay_frames_go_out_at_once() {
+        let bus = EventBus::memory();
+        let mut stream = stream(&bus, Duration::ZERO).await;
+        assert!(chunk(&mut stream).await.starts_with("event: sse-status\n"));
+        for data in ["a", "b"] {
+            bus.publish("t", Event::new(data)).await.unwrap();
+            let sent = ready_chunk(&mut stream).expect("sent without waiting");
+            assert!(sent.starts_with(&format!("data: {data}\n")), "{sent}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_end_of_a_stream_is_not_held() {
+        let bus = EventBus::memory();
+        let mut stream = stream(&bus, Duration::from_secs(60)).await;
+        assert!(chunk(&mut stream).await.starts_with("event: sse-status\n"));
+        bus.shutdown();
+        let last = ready_chunk(&mut stream).expect("sent without waiting");
+        assert!(last.starts_with(": the server is shutting down"), "{last}");
+        assert!(stream.frame().now_or_never().unwrap().is_none());
     }
 }
