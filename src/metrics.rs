@@ -11,6 +11,7 @@
 //! | `sse_streams_refused_total` | counter | `reason`: `limit`, `unauthenticated`, `forbidden` | stream requests refused before subscribing |
 //! | `sse_resumes_total` | counter | `outcome`: `fresh`, `resumed`, `reset` | how streams started (no resume point, resumed, resume point not honoured) |
 //! | `sse_events_published_total` | counter | | events published through this instance |
+//! | `sse_events_published_local_only_total` | counter | | of those, events that reached only this instance's subscribers because the broker was unreachable |
 //! | `sse_events_delivered_total` | counter | | events written to event streams |
 //! | `sse_events_dropped_total` | counter | | events discarded from the queues of subscribers disconnected for falling behind |
 //! | `sse_slow_consumer_disconnects_total` | counter | | subscribers disconnected for falling behind |
@@ -52,6 +53,10 @@ pub fn describe() {
     describe_counter!(
         "sse_events_published_total",
         "Events published through this instance."
+    );
+    describe_counter!(
+        "sse_events_published_local_only_total",
+        "Events published while the broker was unreachable, delivered on this instance only."
     );
     describe_counter!(
         "sse_events_delivered_total",
@@ -142,6 +147,8 @@ impl Drop for StreamMetrics {
 pub(crate) struct BusMetrics {
     #[cfg(feature = "metrics")]
     published: ::metrics::Counter,
+    #[cfg(feature = "metrics")]
+    local_only: ::metrics::Counter,
 }
 
 impl BusMetrics {
@@ -149,14 +156,23 @@ impl BusMetrics {
         Self {
             #[cfg(feature = "metrics")]
             published: ::metrics::counter!("sse_events_published_total"),
+            #[cfg(feature = "metrics")]
+            local_only: ::metrics::counter!("sse_events_published_local_only_total"),
         }
     }
 
-    /// An event was published.
+    /// An event was published (`local_only`: to this instance's subscribers only).
     #[inline]
-    pub(crate) fn published(&self) {
+    pub(crate) fn published(&self, local_only: bool) {
         #[cfg(feature = "metrics")]
-        self.published.increment(1);
+        {
+            self.published.increment(1);
+            if local_only {
+                self.local_only.increment(1);
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = local_only;
     }
 }
 

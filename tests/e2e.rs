@@ -235,16 +235,27 @@ async fn follow(addr: SocketAddr, path: &'static str, seen: Arc<Mutex<Seen>>) {
     }
 }
 
-/// Three demo processes behind nginx; one is killed with SIGKILL. Its clients reconnect through
-/// nginx to the others, resume from the history of an instance that was listening, and every
-/// client ends with every event, once, in order.
+/// Three demo processes behind nginx, Pub/Sub backend; one is killed with SIGKILL. Its clients
+/// reconnect through nginx to the others, resume from the history of an instance that was
+/// listening, and every client ends with every event, once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nginx_in_front_of_three_instances_one_killed() {
+async fn nginx_in_front_of_three_pubsub_instances_one_killed() {
+    three_instances_behind_nginx("pubsub").await;
+}
+
+/// The same with the Streams backend: the reconnecting clients' missed events come from Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_in_front_of_three_streams_instances_one_killed() {
+    three_instances_behind_nginx("streams").await;
+}
+
+async fn three_instances_behind_nginx(backend: &str) {
     let Some(redis) = RedisServer::start() else {
         return;
     };
     let url = redis.url();
-    let mut demos: Vec<Demo> = (0..3).map(|_| Demo::start(&["--redis", &url])).collect();
+    let args = ["--redis", &url, "--backend", backend];
+    let mut demos: Vec<Demo> = (0..3).map(|_| Demo::start(&args)).collect();
     let addrs: Vec<SocketAddr> = demos.iter().map(|d| d.addr).collect();
     let Some(nginx) = Nginx::start(&addrs) else {
         return;

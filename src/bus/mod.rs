@@ -108,7 +108,7 @@ impl EventBus {
             }));
         }
         let published = self.inner.backend.publish(topic, event).await?;
-        self.inner.metrics.published();
+        self.inner.metrics.published(published.is_local_only());
         tracing::trace!(
             topic = name,
             id = %published.id(),
