@@ -1,16 +1,12 @@
 //! The in-process bus through its public API.
 
+mod support;
+
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use support::bus::next;
 use tower_sse::{Event, EventBus, Message, ResetReason, ResumeStatus};
-
-async fn next(sub: &mut tower_sse::Subscription) -> Message {
-    tokio::time::timeout(Duration::from_secs(10), sub.next())
-        .await
-        .expect("a message in time")
-        .expect("the subscription goes on")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_publishers_are_seen_in_id_order_across_topics() {

@@ -3,17 +3,15 @@
 
 mod support;
 
-use std::{future::Future, net::TcpListener, time::Duration};
+use std::{net::TcpListener, time::Duration};
 
 use futures_util::StreamExt;
+use support::bus::{next, next_event, wait_until, within};
 use support::redis::RedisServer;
 use tower_sse::{
     EncodedEvent, Event, EventBus, EventId, GapReason, Message, RedisConfig, ResetReason,
     ResumeStatus, SubscribeMode, Subscription,
 };
-
-/// The longest any single wait may take before the test fails.
-const WAIT: Duration = Duration::from_secs(10);
 
 macro_rules! redis_or_skip {
     () => {
@@ -36,35 +34,6 @@ async fn connect(server: &RedisServer, mode: SubscribeMode) -> EventBus {
         .redis_pubsub(config(server, mode))
         .await
         .expect("connect to the test redis-server")
-}
-
-async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
-
-async fn next(sub: &mut Subscription) -> Message {
-    within("waiting for a message", sub.next())
-        .await
-        .expect("the subscription goes on")
-}
-
-async fn next_event(sub: &mut Subscription) -> EncodedEvent {
-    match next(sub).await {
-        Message::Event(event) => event,
-        other => panic!("expected an event, got {other:?}"),
-    }
-}
-
-/// Polls `condition` until it holds (bounded by [`WAIT`]).
-async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    within(what, async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
 }
 
 fn event_id(message: &Message) -> EventId {

@@ -7,7 +7,6 @@ mod support;
 
 use std::{
     collections::HashSet,
-    future::Future,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -16,6 +15,7 @@ use std::{
 };
 
 use futures_util::StreamExt;
+use support::bus::{next, next_event, wait_until, within};
 use support::{
     http::{serve, SseClient},
     redis::RedisServer,
@@ -24,9 +24,6 @@ use tower_sse::{
     bus::redis::with_idempotency_key, EncodedEvent, Event, EventBus, EventId, GapReason, Message,
     RedisConfig, ResetReason, ResumeStatus, SseLayer, Subscription,
 };
-
-/// The longest any single wait may take before the test fails.
-const WAIT: Duration = Duration::from_secs(10);
 
 macro_rules! redis_or_skip {
     () => {
@@ -51,35 +48,6 @@ async fn connect_with(config: RedisConfig) -> EventBus {
 
 async fn connect(server: &RedisServer) -> EventBus {
     connect_with(config(server)).await
-}
-
-async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
-
-async fn next(sub: &mut Subscription) -> Message {
-    within("waiting for a message", sub.next())
-        .await
-        .expect("the subscription goes on")
-}
-
-async fn next_event(sub: &mut Subscription) -> EncodedEvent {
-    match next(sub).await {
-        Message::Event(event) => event,
-        other => panic!("expected an event, got {other:?}"),
-    }
-}
-
-/// Polls `condition` until it holds (bounded by [`WAIT`]).
-async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    within(what, async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
 }
 
 fn text(event: &EncodedEvent) -> String {

@@ -1,6 +1,7 @@
 //! Shared test support. Each test file uses part of it, so unused items are expected.
 #![allow(dead_code)]
 
+pub(crate) mod bus;
 pub(crate) mod demo;
 pub(crate) mod http;
 pub(crate) mod redis;
