@@ -70,15 +70,7 @@ pub(crate) async fn request(
     path: &str,
     body: &str,
 ) -> (StatusCode, http::HeaderMap, String) {
-    let response = send(addr, method, path, &[], body).await;
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = tokio::time::timeout(WAIT, response.into_body().collect())
-        .await
-        .expect("body in time")
-        .unwrap()
-        .to_bytes();
-    (status, headers, String::from_utf8(body.to_vec()).unwrap())
+    request_with(addr, method, path, &[], body).await
 }
 
 /// Like [`request`], with extra request headers.
