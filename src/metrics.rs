@@ -13,6 +13,7 @@
 //! | `sse_events_published_total` | counter | | events published through this instance |
 //! | `sse_events_published_local_only_total` | counter | | of those, events that reached only this instance's subscribers because the broker was unreachable |
 //! | `sse_events_delivered_total` | counter | | events written to event streams |
+//! | `sse_delivery_latency_seconds` | histogram | | per write to a stream, how long its oldest event waited between reaching this instance's bus (for the in-process bus: its publish) and being written |
 //! | `sse_events_dropped_total` | counter | | events discarded from the queues of subscribers disconnected for falling behind |
 //! | `sse_slow_consumer_disconnects_total` | counter | | subscribers disconnected for falling behind |
 //! | `sse_redis_reconnects_total` | counter | | times a Redis backend got its lost connection back |
@@ -53,6 +54,11 @@ pub fn describe() {
     describe_counter!(
         "sse_events_published_total",
         "Events published through this instance."
+    );
+    ::metrics::describe_histogram!(
+        "sse_delivery_latency_seconds",
+        Unit::Seconds,
+        "Per write to a stream, the wait of its oldest event between reaching this instance's bus and being written."
     );
     describe_counter!(
         "sse_events_published_local_only_total",
@@ -103,6 +109,8 @@ pub(crate) struct StreamMetrics {
     open: ::metrics::Gauge,
     #[cfg(feature = "metrics")]
     delivered: ::metrics::Counter,
+    #[cfg(feature = "metrics")]
+    latency: ::metrics::Histogram,
 }
 
 impl StreamMetrics {
@@ -116,6 +124,7 @@ impl StreamMetrics {
             Self {
                 open,
                 delivered: ::metrics::counter!("sse_events_delivered_total"),
+                latency: ::metrics::histogram!("sse_delivery_latency_seconds"),
             }
         }
         #[cfg(not(feature = "metrics"))]
@@ -125,13 +134,19 @@ impl StreamMetrics {
         }
     }
 
-    /// `n` events were written to the stream.
+    /// `n` events were written to the stream, the oldest of which reached the bus at `oldest`
+    /// (unknown for replayed events).
     #[inline]
-    pub(crate) fn delivered(&self, n: u64) {
+    pub(crate) fn delivered(&self, n: u64, oldest: Option<std::time::Instant>) {
         #[cfg(feature = "metrics")]
-        self.delivered.increment(n);
+        {
+            self.delivered.increment(n);
+            if let Some(at) = oldest {
+                self.latency.record(at.elapsed().as_secs_f64());
+            }
+        }
         #[cfg(not(feature = "metrics"))]
-        let _ = n;
+        let _ = (n, oldest);
     }
 }
 

@@ -437,7 +437,8 @@ impl Live {
             self.busy = had_held || busy;
         }
         if events > 0 {
-            self.metrics.delivered(events);
+            let oldest = self.subscription.take_oldest();
+            self.metrics.delivered(events, oldest);
             tracing::trace!(events, bytes = len, "delivered");
         }
         if let Some(b) = batch {

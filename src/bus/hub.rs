@@ -176,7 +176,7 @@ impl Hub {
         }
         let id = EventId::new(state_epoch, seq);
         for (_, queue) in &entry.subscribers {
-            queue.push(Item::Event(id, frame.clone()));
+            queue.push(Item::Event(id, frame.clone()), now);
         }
         entry.history_bytes += frame.len();
         entry.history.push_back(Stored {
@@ -391,6 +391,7 @@ impl Hub {
     /// resumes from before `at` become resets, and current subscribers are told in-band.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn gap(&self, topics: Option<&[Topic]>, at: u64, reason: GapReason) {
+        let now = Instant::now();
         let mut state = lock(&self.shared.state);
         state.last_seq = state.last_seq.max(at);
         let mark = |t: &mut TopicState| {
@@ -398,7 +399,7 @@ impl Hub {
                 t.floor = t.floor.max(at);
             }
             for (_, q) in &t.subscribers {
-                q.push(Item::Gap(reason));
+                q.push(Item::Gap(reason), now);
             }
         };
         match topics {
@@ -420,6 +421,7 @@ impl Hub {
     /// dropped and every subscriber is told.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn new_epoch(&self, epoch: u32, last_seq: u64) {
+        let now = Instant::now();
         let mut state = lock(&self.shared.state);
         if state.epoch == epoch {
             return;
@@ -433,7 +435,7 @@ impl Hub {
                 t.floor = last_seq;
             }
             for (_, q) in &t.subscribers {
-                q.push(Item::Gap(GapReason::HistoryLost));
+                q.push(Item::Gap(GapReason::HistoryLost), now);
             }
         }
     }

@@ -4,6 +4,7 @@ use std::{
     collections::VecDeque,
     sync::Mutex,
     task::{Context, Poll, Waker},
+    time::Instant,
 };
 
 use bytes::Bytes;
@@ -41,6 +42,8 @@ pub(crate) struct Queue {
 #[derive(Debug, Default)]
 struct State {
     items: VecDeque<Item>,
+    /// When the oldest queued item arrived (at the latest: set when an empty queue gets one).
+    since: Option<Instant>,
     waker: Option<Waker>,
     end: Option<End>,
 }
@@ -53,9 +56,10 @@ impl Queue {
         }
     }
 
-    /// Queues `item`, or ends the queue as lagged when it is full. Returns `false` when the
-    /// queue has ended (now or before).
-    pub(crate) fn push(&self, item: Item) -> bool {
+    /// Queues `item`, which reached the bus `at` (the caller's clock reading, shared by all the
+    /// queues it delivers to), or ends the queue as lagged when it is full. Returns `false` when
+    /// the queue has ended (now or before).
+    pub(crate) fn push(&self, item: Item, at: Instant) -> bool {
         let mut state = lock(&self.state);
         if state.end.is_some() {
             return false;
@@ -66,6 +70,9 @@ impl Queue {
             state.end = Some(End::Lagged);
             false
         } else {
+            if state.items.is_empty() {
+                state.since = Some(at);
+            }
             state.items.push_back(item);
             true
         };
@@ -94,16 +101,28 @@ impl Queue {
 
     /// Moves up to `max` queued items into `out`. `Ready(Ok(n))` with `n > 0` when items were
     /// moved, `Ready(Err(end))` once the queue has ended and is empty, `Pending` otherwise.
+    /// `oldest` becomes the arrival time of the oldest item moved, unless it holds an earlier
+    /// one.
     pub(crate) fn poll_drain(
         &self,
         cx: &mut Context<'_>,
         out: &mut VecDeque<Item>,
+        oldest: &mut Option<Instant>,
         max: usize,
     ) -> Poll<Result<usize, End>> {
         let mut state = lock(&self.state);
         if !state.items.is_empty() {
             let n = state.items.len().min(max);
             out.extend(state.items.drain(..n));
+            // Items left behind are newer; they keep this time, an overestimate of their wait.
+            let since = if state.items.is_empty() {
+                state.since.take()
+            } else {
+                state.since
+            };
+            if oldest.is_none() {
+                *oldest = since;
+            }
             return Poll::Ready(Ok(n));
         }
         if let Some(end) = state.end {
@@ -136,33 +155,54 @@ mod tests {
     #[test]
     fn overflow_ends_as_lagged_and_frees() {
         let q = Queue::new(2);
-        assert!(q.push(Item::Event(EventId::new(0, 1), Bytes::new())));
-        assert!(q.push(Item::Event(EventId::new(0, 2), Bytes::new())));
-        assert!(!q.push(Item::Event(EventId::new(0, 3), Bytes::new())));
+        assert!(q.push(
+            Item::Event(EventId::new(0, 1), Bytes::new()),
+            Instant::now()
+        ));
+        assert!(q.push(
+            Item::Event(EventId::new(0, 2), Bytes::new()),
+            Instant::now()
+        ));
+        assert!(!q.push(
+            Item::Event(EventId::new(0, 3), Bytes::new()),
+            Instant::now()
+        ));
         assert_eq!(q.len(), 0);
         let mut out = VecDeque::new();
         let mut cx = Context::from_waker(Waker::noop());
         assert_eq!(
-            q.poll_drain(&mut cx, &mut out, 8),
+            q.poll_drain(&mut cx, &mut out, &mut None, 8),
             Poll::Ready(Err(End::Lagged))
         );
-        assert!(!q.push(Item::Event(EventId::new(0, 4), Bytes::new())));
+        assert!(!q.push(
+            Item::Event(EventId::new(0, 4), Bytes::new()),
+            Instant::now()
+        ));
     }
 
     #[test]
     fn drains_in_batches() {
         let q = Queue::new(10);
         for i in 0..5 {
-            q.push(Item::Event(EventId::new(0, i), Bytes::new()));
+            q.push(
+                Item::Event(EventId::new(0, i), Bytes::new()),
+                Instant::now(),
+            );
         }
         let mut out = VecDeque::new();
         let mut cx = Context::from_waker(Waker::noop());
-        assert_eq!(q.poll_drain(&mut cx, &mut out, 3), Poll::Ready(Ok(3)));
-        assert_eq!(q.poll_drain(&mut cx, &mut out, 3), Poll::Ready(Ok(2)));
-        assert!(q.poll_drain(&mut cx, &mut out, 3).is_pending());
+        assert_eq!(
+            q.poll_drain(&mut cx, &mut out, &mut None, 3),
+            Poll::Ready(Ok(3))
+        );
+        assert_eq!(
+            q.poll_drain(&mut cx, &mut out, &mut None, 3),
+            Poll::Ready(Ok(2))
+        );
+        assert!(q.poll_drain(&mut cx, &mut out, &mut None, 3).is_pending());
         q.end(End::Closed);
         assert_eq!(
-            q.poll_drain(&mut cx, &mut out, 3),
+            q.poll_drain(&mut cx, &mut out, &mut None, 3),
             Poll::Ready(Err(End::Closed))
         );
     }

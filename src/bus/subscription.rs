@@ -4,6 +4,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
+    time::Instant,
 };
 
 use bytes::Bytes;
@@ -37,6 +38,8 @@ pub struct Subscription {
     status: ResumeStatus,
     last_id: EventId,
     done: bool,
+    /// When the oldest event taken from the queue and not yet reported reached the bus.
+    oldest: Option<Instant>,
     _guard: Option<Box<dyn Send + Sync>>,
 }
 
@@ -109,6 +112,7 @@ impl Subscription {
             status,
             last_id: start_id,
             done: false,
+            oldest: None,
             _guard: None,
         }
     }
@@ -129,6 +133,12 @@ impl Subscription {
     /// The topics subscribed to, sorted.
     pub fn topics(&self) -> &[Topic] {
         &self.topics
+    }
+
+    /// When the oldest event yielded since the last call reached this instance's bus (replayed
+    /// events do not count). For measuring delivery latency once per write.
+    pub(crate) fn take_oldest(&mut self) -> Option<Instant> {
+        self.oldest.take()
     }
 
     /// The cursor to resume from: the id of the last event yielded, or before any, the position
@@ -159,7 +169,10 @@ impl Stream for Subscription {
         if this.done {
             return Poll::Ready(None);
         }
-        match this.queue.poll_drain(cx, &mut this.pending, DRAIN_BATCH) {
+        match this
+            .queue
+            .poll_drain(cx, &mut this.pending, &mut this.oldest, DRAIN_BATCH)
+        {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(_)) => {
                 let item = this.pending.pop_front().expect("drained at least one");
