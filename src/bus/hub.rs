@@ -9,7 +9,7 @@
 //! id of the last event seen a cursor for all of them.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -394,12 +394,16 @@ impl Hub {
         let now = Instant::now();
         let mut state = lock(&self.shared.state);
         state.last_seq = state.last_seq.max(at);
-        let mark = |t: &mut TopicState| {
+        // A subscription of several topics is told once.
+        let mut told = HashSet::new();
+        let mut mark = |t: &mut TopicState| {
             if t.floor != UNKNOWN {
                 t.floor = t.floor.max(at);
             }
-            for (_, q) in &t.subscribers {
-                q.push(Item::Gap(reason), now);
+            for (id, q) in &t.subscribers {
+                if told.insert(*id) {
+                    q.push(Item::Gap(reason), now);
+                }
             }
         };
         match topics {
@@ -429,13 +433,16 @@ impl Hub {
         state.epoch = epoch;
         state.last_seq = last_seq;
         state.forgotten = last_seq;
+        let mut told = HashSet::new();
         for t in state.topics.values_mut() {
             t.forget_history();
             if t.floor != UNKNOWN {
                 t.floor = last_seq;
             }
-            for (_, q) in &t.subscribers {
-                q.push(Item::Gap(GapReason::HistoryLost), now);
+            for (id, q) in &t.subscribers {
+                if told.insert(*id) {
+                    q.push(Item::Gap(GapReason::HistoryLost), now);
+                }
             }
         }
     }
@@ -589,4 +596,49 @@ fn sweep(state: &mut State, limits: &Limits, now: Instant) {
         keep
     });
     state.forgotten = forgotten;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        pin::Pin,
+        task::{Context, Poll, Waker},
+    };
+
+    use futures_core::Stream;
+
+    use super::*;
+    use crate::bus::Message;
+
+    fn limits() -> Limits {
+        Limits {
+            history_events: 10,
+            history_age: Duration::from_secs(60),
+            history_bytes: 1 << 20,
+            queue_capacity: 10,
+        }
+    }
+
+    fn drain(sub: &mut Subscription) -> Vec<Message> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut out = Vec::new();
+        while let Poll::Ready(Some(m)) = Pin::new(&mut *sub).poll_next(&mut cx) {
+            out.push(m);
+        }
+        out
+    }
+
+    #[test]
+    fn a_gap_is_told_once_to_a_subscription_of_several_topics() {
+        let hub = Hub::new(1, true, limits());
+        let topics = vec![Topic::new("a").unwrap(), Topic::new("b").unwrap()];
+        let mut sub = hub.subscribe(topics, None).unwrap();
+        hub.gap(None, 0, GapReason::BrokerDisconnected);
+        assert_eq!(
+            drain(&mut sub),
+            [Message::Gap(GapReason::BrokerDisconnected)]
+        );
+        hub.new_epoch(2, 0);
+        assert_eq!(drain(&mut sub), [Message::Gap(GapReason::HistoryLost)]);
+    }
 }
