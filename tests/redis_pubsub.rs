@@ -6,11 +6,11 @@ mod support;
 use std::{net::TcpListener, time::Duration};
 
 use futures_util::StreamExt;
-use support::bus::{next, next_event, wait_until, within};
+use support::bus::{next, next_event, publish, text, wait_until, within};
 use support::redis::RedisServer;
 use tower_sse::{
-    EncodedEvent, Event, EventBus, EventId, GapReason, Message, RedisConfig, ResetReason,
-    ResumeStatus, SubscribeMode, Subscription,
+    Event, EventBus, EventId, GapReason, Message, RedisConfig, ResetReason, ResumeStatus,
+    SubscribeMode, Subscription,
 };
 
 macro_rules! redis_or_skip {
@@ -41,18 +41,6 @@ fn event_id(message: &Message) -> EventId {
         Message::Event(event) => event.id(),
         other => panic!("expected an event, got {other:?}"),
     }
-}
-
-fn text(event: &EncodedEvent) -> String {
-    String::from_utf8(event.frame().to_vec()).unwrap()
-}
-
-async fn publish(bus: &EventBus, topic: &str, data: &str) -> EventId {
-    let published = within("publishing", bus.publish(topic, Event::new(data)))
-        .await
-        .expect("publish");
-    assert!(!published.is_local_only(), "{published:?}");
-    published.id()
 }
 
 async fn two_instances_see_the_same_events(mode: SubscribeMode) {

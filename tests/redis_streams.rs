@@ -15,14 +15,14 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use support::bus::{next, next_event, wait_until, within};
+use support::bus::{next, next_event, publish, text, wait_until, within};
 use support::{
     http::{serve, SseClient},
     redis::RedisServer,
 };
 use tower_sse::{
-    bus::redis::with_idempotency_key, EncodedEvent, Event, EventBus, EventId, GapReason, Message,
-    RedisConfig, ResetReason, ResumeStatus, SseLayer, Subscription,
+    bus::redis::with_idempotency_key, Event, EventBus, EventId, GapReason, Message, RedisConfig,
+    ResetReason, ResumeStatus, SseLayer, Subscription,
 };
 
 macro_rules! redis_or_skip {
@@ -48,18 +48,6 @@ async fn connect_with(config: RedisConfig) -> EventBus {
 
 async fn connect(server: &RedisServer) -> EventBus {
     connect_with(config(server)).await
-}
-
-fn text(event: &EncodedEvent) -> String {
-    String::from_utf8(event.frame().to_vec()).unwrap()
-}
-
-async fn publish(bus: &EventBus, topic: &str, data: &str) -> EventId {
-    let published = within("publishing", bus.publish(topic, Event::new(data)))
-        .await
-        .expect("publish");
-    assert!(!published.is_local_only(), "{published:?}");
-    published.id()
 }
 
 /// Subscribes with `resume` and checks the status.

@@ -3,7 +3,7 @@
 use std::{future::Future, time::Duration};
 
 use futures_util::StreamExt;
-use tower_sse::{EncodedEvent, Message, Subscription};
+use tower_sse::{EncodedEvent, Event, EventBus, EventId, Message, Subscription};
 
 use super::http::WAIT;
 
@@ -37,4 +37,18 @@ pub(crate) async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) 
         }
     })
     .await
+}
+
+/// The frame of `event` as text.
+pub(crate) fn text(event: &EncodedEvent) -> String {
+    String::from_utf8(event.frame().to_vec()).unwrap()
+}
+
+/// Publishes `data` to `topic`; the broker must have taken it (not local only).
+pub(crate) async fn publish(bus: &EventBus, topic: &str, data: &str) -> EventId {
+    let published = within("publishing", bus.publish(topic, Event::new(data)))
+        .await
+        .expect("publish");
+    assert!(!published.is_local_only(), "{published:?}");
+    published.id()
 }
