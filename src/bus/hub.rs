@@ -153,6 +153,19 @@ impl Hub {
         self.deliver_locked(&mut state, topic, seq, frame);
     }
 
+    /// Like [`deliver`](Self::deliver) for an event of history `id.epoch()`: when that is not
+    /// the current history (the broker lost its state and numbering started over), a new epoch
+    /// starts first, under the same lock.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn deliver_in_epoch(&self, topic: &Topic, id: EventId, frame: Bytes) {
+        let mut state = lock(&self.shared.state);
+        if state.epoch != id.epoch() {
+            let last_seq = id.sequence().saturating_sub(1);
+            new_epoch_locked(&mut state, id.epoch(), last_seq, Instant::now());
+        }
+        self.deliver_locked(&mut state, topic, id.sequence(), frame);
+    }
+
     fn deliver_locked(&self, state: &mut State, topic: &Topic, seq: u64, frame: Bytes) {
         let limits = &self.shared.limits;
         let now = Instant::now();
@@ -427,23 +440,8 @@ impl Hub {
     pub(crate) fn new_epoch(&self, epoch: u32, last_seq: u64) {
         let now = Instant::now();
         let mut state = lock(&self.shared.state);
-        if state.epoch == epoch {
-            return;
-        }
-        state.epoch = epoch;
-        state.last_seq = last_seq;
-        state.forgotten = last_seq;
-        let mut told = HashSet::new();
-        for t in state.topics.values_mut() {
-            t.forget_history();
-            if t.floor != UNKNOWN {
-                t.floor = last_seq;
-            }
-            for (id, q) in &t.subscribers {
-                if told.insert(*id) {
-                    q.push(Item::Gap(GapReason::HistoryLost), now);
-                }
-            }
+        if state.epoch != epoch {
+            new_epoch_locked(&mut state, epoch, last_seq, now);
         }
     }
 
@@ -582,6 +580,25 @@ pub(crate) struct HubStats {
     pub(crate) subscriptions: usize,
     pub(crate) history_events: usize,
     pub(crate) history_bytes: usize,
+}
+
+/// Starts history `epoch` at `last_seq`: all history is dropped and every subscriber is told.
+fn new_epoch_locked(state: &mut State, epoch: u32, last_seq: u64, now: Instant) {
+    state.epoch = epoch;
+    state.last_seq = last_seq;
+    state.forgotten = last_seq;
+    let mut told = HashSet::new();
+    for t in state.topics.values_mut() {
+        t.forget_history();
+        if t.floor != UNKNOWN {
+            t.floor = last_seq;
+        }
+        for (id, q) in &t.subscribers {
+            if told.insert(*id) {
+                q.push(Item::Gap(GapReason::HistoryLost), now);
+            }
+        }
+    }
 }
 
 /// Ages out history everywhere and drops the state of topics nobody follows any more.

@@ -222,12 +222,8 @@ impl Receiver for Core {
             tracing::debug!(%topic, "ignoring a message that is not an event frame with an id");
             return;
         };
-        if id.epoch() != self.hub.epoch() {
-            // Redis lost its state while we stayed connected; the publisher started a new epoch.
-            self.hub
-                .new_epoch(id.epoch(), id.sequence().saturating_sub(1));
-        }
-        self.hub.deliver(&topic, id.sequence(), frame);
+        // A new epoch means Redis lost its state while we stayed connected.
+        self.hub.deliver_in_epoch(&topic, id, frame);
     }
 
     fn connected(&self, epoch: u32, seq: u64, topics: &[Topic]) {
