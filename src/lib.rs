@@ -98,8 +98,18 @@
 //!
 //! With the feature `metrics`, the crate reports through the `metrics` facade: open streams,
 //! how they started, events published, delivered and dropped, slow consumers cut off, Redis
-//! reconnects (module `metrics`). Publishing and delivery also emit `tracing` events at the
-//! `trace` level, streams opening and refusals at `debug`.
+//! reconnects (module `metrics`).
+//!
+//! # Tracing
+//!
+//! [`EventBus::publish`] runs in a `tower_sse.publish` span (level `debug`, fields `topic` and
+//! `id`). Where an event reaches an instance through Redis, its delivery to that instance's
+//! subscribers runs in a `tower_sse.deliver` span with the same fields, so the logs of one event
+//! join on its id. With the feature `opentelemetry` (and a `tracing-opentelemetry` layer in the
+//! application), the event carries the trace context of its publish through Redis (a W3C
+//! `traceparent`), and every delivery span, on any instance, is a child of the publish: one
+//! trace shows the request that published and the deliveries it caused. Streams opening and
+//! refusals are logged at `debug`, each write to a stream at `trace`.
 //!
 //! # Guarantees
 //!
@@ -128,6 +138,7 @@ mod metrics;
 mod route;
 mod service;
 mod stream;
+mod trace;
 
 #[doc(inline)]
 pub use self::{

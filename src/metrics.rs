@@ -13,7 +13,7 @@
 //! | `sse_events_published_total` | counter | | events published through this instance |
 //! | `sse_events_published_local_only_total` | counter | | of those, events that reached only this instance's subscribers because the broker was unreachable |
 //! | `sse_events_delivered_total` | counter | | events written to event streams |
-//! | `sse_delivery_latency_seconds` | histogram | | per write to a stream, how long its oldest event waited between reaching this instance's bus (for the in-process bus: its publish) and being written |
+//! | `sse_delivery_latency_seconds` | histogram | | per write to a stream, how long its oldest event took from its publish, on whichever instance, to being written (across machines this relies on their clocks agreeing; a publish time more than a minute off is replaced by the time the event reached this instance) |
 //! | `sse_events_dropped_total` | counter | | events discarded from the queues of subscribers disconnected for falling behind |
 //! | `sse_slow_consumer_disconnects_total` | counter | | subscribers disconnected for falling behind |
 //! | `sse_redis_reconnects_total` | counter | | times a Redis backend got its lost connection back |
@@ -58,7 +58,7 @@ pub fn describe() {
     ::metrics::describe_histogram!(
         "sse_delivery_latency_seconds",
         Unit::Seconds,
-        "Per write to a stream, the wait of its oldest event between reaching this instance's bus and being written."
+        "Per write to a stream, the time its oldest event took from its publish to being written."
     );
     describe_counter!(
         "sse_events_published_local_only_total",

@@ -12,6 +12,8 @@ mod topic;
 
 use std::{fmt, sync::Arc, time::Duration};
 
+use tracing::Instrument;
+
 pub(crate) use self::backend::Backend;
 pub use self::{
     subscription::{EncodedEvent, Message, Subscription},
@@ -107,14 +109,22 @@ impl EventBus {
                 max: self.inner.max_event_bytes,
             }));
         }
-        let published = self.inner.backend.publish(topic, event).await?;
-        self.inner.metrics.published(published.is_local_only());
-        tracing::trace!(
+        let span = tracing::debug_span!(
+            "tower_sse.publish",
             topic = name,
-            id = %published.id(),
-            local_only = published.is_local_only(),
-            "published"
+            id = tracing::field::Empty
         );
+        let published = self
+            .inner
+            .backend
+            .publish(topic, event)
+            .instrument(span.clone())
+            .await?;
+        self.inner.metrics.published(published.is_local_only());
+        span.record("id", tracing::field::display(published.id()));
+        if published.is_local_only() {
+            span.in_scope(|| tracing::debug!("delivered on this instance only"));
+        }
         Ok(published)
     }
 

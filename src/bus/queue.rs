@@ -42,7 +42,8 @@ pub(crate) struct Queue {
 #[derive(Debug, Default)]
 struct State {
     items: VecDeque<Item>,
-    /// When the oldest queued item arrived (at the latest: set when an empty queue gets one).
+    /// When the oldest queued item was published (at the latest: set from the item an empty
+    /// queue gets).
     since: Option<Instant>,
     waker: Option<Waker>,
     end: Option<End>,
@@ -56,8 +57,8 @@ impl Queue {
         }
     }
 
-    /// Queues `item`, which reached the bus `at` (the caller's clock reading, shared by all the
-    /// queues it delivers to), or ends the queue as lagged when it is full. Returns `false` when
+    /// Queues `item`, published `at` (a reading the caller shares with all the queues it
+    /// delivers to), or ends the queue as lagged when it is full. Returns `false` when
     /// the queue has ended (now or before).
     pub(crate) fn push(&self, item: Item, at: Instant) -> bool {
         let mut state = lock(&self.state);

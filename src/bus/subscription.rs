@@ -135,8 +135,8 @@ impl Subscription {
         &self.topics
     }
 
-    /// When the oldest event yielded since the last call reached this instance's bus (replayed
-    /// events do not count). For measuring delivery latency once per write.
+    /// When the oldest event yielded since the last call was published, as far as this instance
+    /// knows (replayed events do not count). For measuring delivery latency once per write.
     pub(crate) fn take_oldest(&mut self) -> Option<Instant> {
         self.oldest.take()
     }

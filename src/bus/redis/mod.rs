@@ -35,6 +35,7 @@
 //! [`Builder::redis_streams`].
 
 mod connection;
+mod envelope;
 mod pubsub;
 mod replay;
 mod streams;

@@ -13,7 +13,7 @@ use tokio::time::{timeout, Instant};
 
 use super::{
     connection::{frame_id, parse_state, Handle, Receiver},
-    RedisConfig, SubscribeMode,
+    envelope, RedisConfig, SubscribeMode,
 };
 use crate::{
     bus::{
@@ -30,7 +30,8 @@ use crate::{
 /// Numbers an event and publishes it, atomically.
 ///
 /// `KEYS[1]`: the state hash. `ARGV[1]`: an epoch to adopt if the hash has none; `ARGV[2]`: the
-/// channel; `ARGV[3]`: the encoded event without its id line. Returns `{epoch, seq}`. The sequence
+/// channel; `ARGV[3]`: the encoded event without its id line; `ARGV[4]`: the line of its
+/// [envelope](super::envelope). Returns `{epoch, seq}`. The sequence
 /// number is read back as the string Redis stores, which stays exact beyond 2^53 (Lua numbers
 /// are doubles).
 const PUBLISH_SCRIPT: &str = r"
@@ -41,7 +42,7 @@ if not epoch then
 end
 redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local seq = redis.call('HGET', KEYS[1], 'seq')
-redis.call('PUBLISH', ARGV[2], ARGV[3] .. 'id: ' .. epoch .. '-' .. seq .. '\n\n')
+redis.call('PUBLISH', ARGV[2], ARGV[4] .. ARGV[3] .. 'id: ' .. epoch .. '-' .. seq .. '\n\n')
 return {epoch, seq}
 ";
 
@@ -106,7 +107,8 @@ impl RedisPubSub {
             .key(&self.conn.names.state_key)
             .arg(format!("{:08x}", random_u32()))
             .arg(self.conn.names.channel(&topic))
-            .arg(&body[..]);
+            .arg(&body[..])
+            .arg(envelope::seal());
         let reply = timeout(
             self.publish_timeout,
             invocation.invoke_async::<(String, String)>(&mut conn),
@@ -216,14 +218,17 @@ impl Core {
 }
 
 impl Receiver for Core {
-    fn message(&self, topic: Topic, frame: Bytes) {
+    fn message(&self, topic: Topic, payload: Bytes) {
         // All local subscribers share the buffer the message was read into.
+        let (meta, frame) = envelope::open(payload);
         let Some(id) = frame_id(&frame) else {
             tracing::debug!(%topic, "ignoring a message that is not an event frame with an id");
             return;
         };
+        let _span = meta.deliver_span(&topic, id).entered();
+        let published = meta.published_at(std::time::Instant::now());
         // A new epoch means Redis lost its state while we stayed connected.
-        self.hub.deliver_in_epoch(&topic, id, frame);
+        self.hub.deliver_in_epoch(&topic, id, frame, published);
     }
 
     fn connected(&self, epoch: u32, seq: u64, topics: &[Topic]) {

@@ -79,6 +79,7 @@ use tokio::{
 
 use super::{
     connection::{frame_id, parse_state, read_state, state_script, Handle, Receiver, Shared},
+    envelope::{self, Meta},
     replay::Replay,
     RedisConfig, SubscribeMode, IDEMPOTENCY_KEY,
 };
@@ -100,7 +101,8 @@ use crate::{
 /// KEYS: 1 the state hash, 2 the topic's stream, 3 the clock, 4 the idempotency key.
 /// ARGV: 1 an epoch to adopt if the hash has none, 2 the channel, 3 the encoded event without
 /// its id line, 4 the count limit, 5 the age limit (ms), 6 the idle TTL (ms), 7 the clock step
-/// (ms), 8 how long to remember the idempotency key (s; `0`: not at all).
+/// (ms), 8 how long to remember the idempotency key (s; `0`: not at all), 9 the line of the
+/// event's [envelope](super::envelope), which the stored frame starts with.
 ///
 /// Returns `{epoch, seq, repeated}`; `repeated` is 1 when the key was seen before, and the
 /// ids are the ones the first publish got. Sequence numbers are handled as the strings Redis
@@ -150,7 +152,7 @@ if not prev then
   prev = '~' .. (after or seq)
 end
 
-local frame = ARGV[3] .. 'id: ' .. epoch .. '-' .. seq .. '\n\n'
+local frame = ARGV[9] .. ARGV[3] .. 'id: ' .. epoch .. '-' .. seq .. '\n\n'
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], seq .. '-0', 'f', frame, 'p', prev)
 local cutoff = redis.call('ZREVRANGEBYSCORE', KEYS[3], now - tonumber(ARGV[5]), '-inf', 'LIMIT', 0, 1)[1]
 if cutoff then
@@ -396,6 +398,7 @@ impl RedisStreams {
         // With the key remembered, a publish whose answer did not come is sent once more: if the
         // first one ran after all, the second finds the key and answers with its id.
         let attempts = if remember { 2 } else { 1 };
+        let sealed = envelope::seal();
         let mut failure = None;
         for attempt in 1..=attempts {
             let Some(mut conn) = self.conn.connection() else {
@@ -414,7 +417,8 @@ impl RedisStreams {
                 .arg(millis(self.max_age))
                 .arg(millis(self.core.idle_ttl))
                 .arg(millis(step))
-                .arg(remember_secs);
+                .arg(remember_secs)
+                .arg(&sealed);
             let reply = timeout(
                 self.publish_timeout,
                 invocation.invoke_async::<(String, String, i64)>(&mut conn),
@@ -602,7 +606,9 @@ pub(super) struct Entry {
     pub(super) prev: u64,
     /// Whether `prev` is the previous event itself, not a bound.
     exact: bool,
+    /// The frame, out of its envelope.
     pub(super) frame: Bytes,
+    meta: Meta,
 }
 
 /// One page of a topic's stream.
@@ -702,12 +708,12 @@ fn parse_entry(raw: Value) -> Option<Entry> {
         (fields.next(), fields.next())
     {
         match &name[..] {
-            b"f" => frame = Some(Bytes::from(value)),
+            b"f" => frame = Some(envelope::open(Bytes::from(value))),
             b"p" => prev = Some(value),
             _ => {}
         }
     }
-    let frame = frame?;
+    let (meta, frame) = frame?;
     let (prev, exact) = parse_prev(&prev?)?;
     let epoch = frame_id(&frame)?.epoch();
     Some(Entry {
@@ -716,6 +722,7 @@ fn parse_entry(raw: Value) -> Option<Entry> {
         prev,
         exact,
         frame,
+        meta,
     })
 }
 
@@ -728,11 +735,12 @@ fn parse_prev(raw: &[u8]) -> Option<(u64, bool)> {
     }
 }
 
-/// Splits a notification into its `p` and its frame (sharing the buffer).
-fn parse_notice(payload: &Bytes) -> Option<(u64, bool, Bytes)> {
+/// Splits a notification into its `p` and its frame, out of its envelope (sharing the buffer).
+fn parse_notice(payload: &Bytes) -> Option<(u64, bool, Meta, Bytes)> {
     let space = payload.iter().position(|&b| b == b' ')?;
     let (prev, exact) = parse_prev(&payload[..space])?;
-    Some((prev, exact, payload.slice(space + 1..)))
+    let (meta, frame) = envelope::open(payload.slice(space + 1..));
+    Some((prev, exact, meta, frame))
 }
 
 fn number(digits: &[u8]) -> Option<u64> {
@@ -830,7 +838,7 @@ impl Pipeline {
     }
 
     async fn notice(&mut self, topic: Topic, payload: Bytes) {
-        let Some((prev, exact, frame)) = parse_notice(&payload) else {
+        let Some((prev, exact, meta, frame)) = parse_notice(&payload) else {
             tracing::debug!(%topic, "ignoring a message that is not an event notification");
             return;
         };
@@ -856,21 +864,24 @@ impl Pipeline {
         }
         // Otherwise the topic's listening point is still on its way: this event was published
         // after the subscription took effect, and is the first one heard.
-        self.deliver(&topic, seq, frame, None);
+        self.deliver(&topic, seq, frame, meta, None);
     }
 
     /// Delivers one event (after announcing a gap before it, if any), unless an event with a
     /// higher number was delivered already: then subscribers of several topics could not see
     /// it in order, and it becomes a gap.
-    fn deliver(&mut self, topic: &Topic, seq: u64, frame: Bytes, gap: Option<u64>) {
+    fn deliver(&mut self, topic: &Topic, seq: u64, frame: Bytes, meta: Meta, gap: Option<u64>) {
         let hub = &self.core.hub;
         let topics = std::slice::from_ref(topic);
+        let epoch = hub.epoch();
+        let _span = meta.deliver_span(topic, EventId::new(epoch, seq)).entered();
+        let published = meta.published_at(std::time::Instant::now());
         let _gate = lock(&self.core.gate);
         if let Some(at) = gap {
             hub.gap(Some(topics), at.min(seq - 1), GapReason::BrokerDisconnected);
         }
         if seq > self.watermark {
-            hub.deliver(topic, seq, frame);
+            hub.deliver(topic, seq, frame, published);
             self.watermark = seq;
         } else {
             tracing::warn!(%topic, seq, "an event arrived too late to be delivered in order");
@@ -977,7 +988,7 @@ impl Pipeline {
             let entry = cursor.buffer.pop_front().expect("looked at above");
             let gap = cursor.gap.take();
             let topic = cursor.topic.clone();
-            self.deliver(&topic, entry.seq, entry.frame, gap);
+            self.deliver(&topic, entry.seq, entry.frame, entry.meta, gap);
         }
         if let Some(reason) = &failure {
             tracing::warn!(%reason, "could not read missed events from Redis; telling subscribers");
@@ -1066,9 +1077,14 @@ mod tests {
 
     #[test]
     fn notices() {
-        let payload = Bytes::from_static(b"~7 data: x\nid: 0000002a-9\n\n");
-        let (prev, exact, frame) = parse_notice(&payload).unwrap();
+        let payload = Bytes::from_static(b"~7 :@t=1\ndata: x\nid: 0000002a-9\n\n");
+        let (prev, exact, _meta, frame) = parse_notice(&payload).unwrap();
         assert_eq!((prev, exact), (6, false));
+        assert_eq!(
+            &frame[..],
+            b"data: x\nid: 0000002a-9\n\n",
+            "out of the envelope"
+        );
         assert_eq!(frame_id(&frame), Some(EventId::new(0x2a, 9)));
         assert!(parse_notice(&Bytes::from_static(b"data: x\n\n")).is_none());
     }
@@ -1080,7 +1096,9 @@ mod tests {
                 Value::BulkString(format!("{seq}-0").into_bytes()),
                 Value::Array(vec![
                     Value::BulkString(b"f".to_vec()),
-                    Value::BulkString(format!("data: x\nid: 0000002a-{seq}\n\n").into_bytes()),
+                    Value::BulkString(
+                        format!(":@t=1\ndata: x\nid: 0000002a-{seq}\n\n").into_bytes(),
+                    ),
                     Value::BulkString(b"p".to_vec()),
                     Value::BulkString(prev.as_bytes().to_vec()),
                 ]),
@@ -1098,6 +1116,7 @@ mod tests {
             .map(|e| (e.seq, e.epoch, e.prev, e.exact))
             .collect();
         assert_eq!(seen, [(5, 0x2a, 2, false), (9, 0x2a, 5, true)]);
+        assert_eq!(&page.entries[0].frame[..], b"data: x\nid: 0000002a-5\n\n");
 
         let missing = |after: Value| {
             parse_page(Value::Array(vec![
