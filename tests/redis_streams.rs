@@ -844,6 +844,56 @@ async fn a_missed_notification_is_read_from_the_stream() {
     expect_events(&mut orders, &[(last, "last".to_owned())]).await;
 }
 
+/// Counts the warnings that the notification backlog overflowed.
+struct BacklogWarnings(Arc<AtomicUsize>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for BacklogWarnings {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().fields().field("backlog").is_some() {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[tokio::test]
+async fn notifications_past_the_backlog_are_read_from_the_streams() {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let server = redis_or_skip!();
+    // A single-threaded runtime runs every task on this thread, which this subscriber watches.
+    let overflows = Arc::new(AtomicUsize::new(0));
+    let _watch = tracing::subscriber::set_default(
+        tracing_subscriber::registry().with(BacklogWarnings(overflows.clone())),
+    );
+    let a = connect(&server).await;
+    let b = connect_with(config(&server).notification_backlog(1)).await;
+    let mut orders = b.subscribe(["orders"], None).await.unwrap();
+    let mut both = b.subscribe(["orders", "news"], None).await.unwrap();
+
+    // A burst: the notifications reach b's connection together, far more than one at a time.
+    let publishes = (0..200).map(|i| {
+        let topic = if i % 3 == 0 { "news" } else { "orders" };
+        let data = format!("burst {i}");
+        let a = a.clone();
+        async move { (publish(&a, topic, &data).await, topic, data) }
+    });
+    let mut published = futures_util::future::join_all(publishes).await;
+    published.sort();
+    let expected = |only: Option<&str>| -> Vec<(EventId, String)> {
+        published
+            .iter()
+            .filter(|(_, topic, _)| only.is_none_or(|t| t == *topic))
+            .map(|(id, _, data)| (*id, data.clone()))
+            .collect()
+    };
+    receive_exactly(&mut both, &expected(None)).await;
+    receive_exactly(&mut orders, &expected(Some("orders"))).await;
+    assert!(
+        overflows.load(Ordering::Relaxed) > 0,
+        "the backlog of one overflowed"
+    );
+}
+
 #[tokio::test]
 async fn losing_the_state_hash_starts_a_new_epoch() {
     let server = redis_or_skip!();

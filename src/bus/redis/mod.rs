@@ -138,14 +138,15 @@ pub struct RedisConfig {
     pub(crate) replay_budget: usize,
     pub(crate) replay_wait: Duration,
     pub(crate) idempotency_ttl: Duration,
+    pub(crate) notification_backlog: usize,
 }
 
 impl RedisConfig {
     /// A configuration for the server at `url`, with the defaults: prefix `tower-sse`,
     /// [`SubscribeMode::Interest`], 5 s publish and connect timeouts, reconnect backoff from
     /// 100 ms to 5 s, unsubscribe delay 10 s; for Streams, 1 000 events and 1 hour per topic,
-    /// idle topics kept 24 hours, a replay budget of 10 000 events with a wait of 2 s, and
-    /// idempotency keys remembered 2 minutes.
+    /// idle topics kept 24 hours, a replay budget of 10 000 events with a wait of 2 s,
+    /// idempotency keys remembered 2 minutes, and a notification backlog of 8 192 events.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -162,6 +163,7 @@ impl RedisConfig {
             replay_budget: 10_000,
             replay_wait: Duration::from_secs(2),
             idempotency_ttl: Duration::from_secs(120),
+            notification_backlog: 8_192,
         }
     }
 
@@ -274,6 +276,17 @@ impl RedisConfig {
         self.idempotency_ttl = ttl;
         self
     }
+
+    /// Streams: how many notifications of new events may wait to be delivered to this
+    /// instance's subscribers (default 8 192, and never more than 64 MiB of them). Notifications
+    /// arrive faster than they are delivered only while this instance reads missed events from
+    /// Redis, or when it cannot keep up. Past the backlog it stops holding them and, once it
+    /// has caught up, reads the events it did not hold from the streams: a burst costs reads,
+    /// not memory, and nothing is lost.
+    pub fn notification_backlog(mut self, events: usize) -> Self {
+        self.notification_backlog = events.max(1);
+        self
+    }
 }
 
 impl fmt::Debug for RedisConfig {
@@ -292,6 +305,7 @@ impl fmt::Debug for RedisConfig {
             .field("replay_budget", &self.replay_budget)
             .field("replay_wait", &self.replay_wait)
             .field("idempotency_ttl", &self.idempotency_ttl)
+            .field("notification_backlog", &self.notification_backlog)
             .finish()
     }
 }

@@ -66,7 +66,10 @@
 use std::{
     collections::{HashMap, VecDeque},
     fmt,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -279,14 +282,56 @@ enum Input {
     },
 }
 
-/// The connection's [`Receiver`]: forwards everything to the pipeline, in order.
+/// The connection's [`Receiver`]: forwards everything to the pipeline, in order, except
+/// notifications past the backlog.
 struct Feed {
     pipeline: mpsc::UnboundedSender<Input>,
+    backlog: Arc<Backlog>,
+}
+
+/// The most bytes of notifications waiting for the pipeline.
+const MAX_BACKLOG_BYTES: usize = 64 << 20;
+
+/// How long the pipeline waits before reading the state again, when catching up failed.
+const CATCH_UP_RETRY: Duration = Duration::from_millis(200);
+
+/// Notifications on their way to the pipeline. Other inputs are not counted: there are as many
+/// as subscriptions change, whatever the rate of events.
+struct Backlog {
+    notices: AtomicUsize,
+    bytes: AtomicUsize,
+    max_notices: usize,
+    /// Set when a notification was dropped; the pipeline then reads from the streams.
+    overflowed: AtomicBool,
+}
+
+impl Backlog {
+    /// Counts a notification in, unless the backlog is full.
+    fn admit(&self, len: usize) -> bool {
+        // One producer (the connection's callback), so checking and then adding is exact on
+        // that side; the pipeline only takes away.
+        if self.notices.load(Ordering::Relaxed) >= self.max_notices
+            || self.bytes.load(Ordering::Relaxed) + len > MAX_BACKLOG_BYTES
+        {
+            self.overflowed.store(true, Ordering::Release);
+            return false;
+        }
+        self.notices.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(len, Ordering::Relaxed);
+        true
+    }
+
+    fn release(&self, len: usize) {
+        self.notices.fetch_sub(1, Ordering::Relaxed);
+        self.bytes.fetch_sub(len, Ordering::Relaxed);
+    }
 }
 
 impl Receiver for Feed {
     fn message(&self, topic: Topic, payload: Bytes) {
-        let _ = self.pipeline.send(Input::Notice(topic, payload));
+        if self.backlog.admit(payload.len()) {
+            let _ = self.pipeline.send(Input::Notice(topic, payload));
+        }
     }
 
     fn connected(&self, epoch: u32, seq: u64, topics: &[Topic]) {
@@ -309,8 +354,15 @@ impl RedisStreams {
     /// epoch.
     pub(crate) async fn connect(config: RedisConfig, limits: Limits) -> Result<Self, BusError> {
         let (pipeline, inputs) = mpsc::unbounded_channel();
+        let backlog = Arc::new(Backlog {
+            notices: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            max_notices: config.notification_backlog,
+            overflowed: AtomicBool::new(false),
+        });
         let feed = Arc::new(Feed {
             pipeline: pipeline.clone(),
+            backlog: backlog.clone(),
         });
         let idle_ttl = config.stream_idle_ttl.max(config.stream_max_age);
         let core = Arc::new(Core {
@@ -326,6 +378,8 @@ impl RedisStreams {
             core: core.clone(),
             shared: conn.shared(),
             inputs,
+            backlog,
+            state_script: state_script(),
             last: HashMap::new(),
             watermark: 0,
         };
@@ -756,6 +810,8 @@ struct Pipeline {
     core: Arc<Core>,
     shared: Arc<Shared>,
     inputs: mpsc::UnboundedReceiver<Input>,
+    backlog: Arc<Backlog>,
+    state_script: Script,
     /// Per topic listened to: every event of it numbered up to this was delivered (or precedes
     /// the moment listening began).
     last: HashMap<Topic, u64>,
@@ -790,7 +846,10 @@ impl Pipeline {
     async fn run(mut self) {
         while let Some(input) = self.inputs.recv().await {
             match input {
-                Input::Notice(topic, payload) => self.notice(topic, payload).await,
+                Input::Notice(topic, payload) => {
+                    self.backlog.release(payload.len());
+                    self.notice(topic, payload).await;
+                }
                 Input::Connected { epoch, seq, topics } => {
                     self.connected(epoch, seq, topics).await;
                 }
@@ -819,6 +878,37 @@ impl Pipeline {
                     let _ = done.send(());
                 }
             }
+            if self.backlog.overflowed.swap(false, Ordering::Acquire) {
+                self.catch_up().await;
+            }
+        }
+    }
+
+    /// Notifications were dropped past the backlog: reads the state on the subscribed
+    /// connection (every notification sent before it was queued or dropped by then) and fills
+    /// every topic listened to up to it from the streams. Notifications still queued are then
+    /// skipped as delivered.
+    async fn catch_up(&mut self) {
+        tracing::warn!(
+            backlog = self.backlog.max_notices,
+            "notifications of new events came faster than they were delivered; reading the rest from Redis"
+        );
+        loop {
+            // Without a connection, the reconnect fills in what was missed.
+            let Some(mut conn) = self.shared.connection() else {
+                return;
+            };
+            let reading = read_state(&self.state_script, &self.shared.names, &mut conn);
+            match timeout(self.core.request_timeout, reading).await {
+                Ok(Ok((epoch, seq))) => {
+                    let topics = self.last.keys().cloned().collect();
+                    self.connected(epoch, seq, topics).await;
+                    return;
+                }
+                Ok(Err(reason)) => tracing::warn!(%reason, "could not read the bus state"),
+                Err(_elapsed) => tracing::warn!("Redis did not answer reading the bus state"),
+            }
+            tokio::time::sleep(CATCH_UP_RETRY).await;
         }
     }
 
