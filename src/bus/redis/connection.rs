@@ -77,6 +77,8 @@ pub(super) trait Receiver: Send + Sync + 'static {
 pub(super) struct Shared {
     pub(super) names: Names,
     pub(super) link: Mutex<Link>,
+    /// Not bounded by a capacity, but by the subscriptions: each sends one `Want` when it starts
+    /// and one `Release` when it ends, and the rest are one per connection or shutdown.
     commands: mpsc::UnboundedSender<Command>,
 }
 
@@ -88,9 +90,39 @@ pub(super) struct Link {
     /// The connection, while it is up and subscribed.
     pub(super) conn: Option<MultiplexedConnection>,
     /// Messages held back while a new connection is being set up.
-    held: Option<Vec<(Topic, Bytes)>>,
+    held: Option<Held>,
     /// Why the connection is down, while it is.
     problem: Option<String>,
+}
+
+/// The most messages held back while a connection is set up (one subscribe and one state read,
+/// each bounded by the request timeout), and the most bytes of them. Past either, the attempt
+/// fails and a later one starts over: what a reconnect misses is filled in or signalled anyway.
+const MAX_HELD_MESSAGES: usize = 8_192;
+const MAX_HELD_BYTES: usize = 64 << 20;
+
+/// Messages held back while a new connection is being set up.
+#[derive(Default)]
+struct Held {
+    messages: Vec<(Topic, Bytes)>,
+    bytes: usize,
+    /// Whether a message was dropped for lack of room.
+    overflowed: bool,
+}
+
+impl Held {
+    fn hold(&mut self, topic: Topic, payload: Bytes) {
+        if self.overflowed
+            || self.messages.len() >= MAX_HELD_MESSAGES
+            || self.bytes + payload.len() > MAX_HELD_BYTES
+        {
+            self.overflowed = true;
+            self.messages = Vec::new();
+            return;
+        }
+        self.bytes += payload.len();
+        self.messages.push((topic, payload));
+    }
 }
 
 /// The channel and key names of one prefix.
@@ -276,7 +308,7 @@ impl Shared {
             return;
         }
         match &mut link.held {
-            Some(held) => held.push((topic, payload)),
+            Some(held) => held.hold(topic, payload),
             None => receiver.message(topic, payload),
         }
     }
@@ -714,7 +746,7 @@ impl<R: Receiver> Supervisor<R> {
         let generation = {
             let mut link = self.shared.link();
             link.generation += 1;
-            link.held = Some(Vec::new());
+            link.held = Some(Held::default());
             link.generation
         };
         self.generation = generation;
@@ -779,8 +811,15 @@ impl<R: Receiver> Supervisor<R> {
 
         {
             let mut link = self.shared.link();
+            let held = link.held.take().unwrap_or_default();
+            if held.overflowed {
+                return Err(format!(
+                    "more than {MAX_HELD_MESSAGES} messages or {} MiB arrived while connecting",
+                    MAX_HELD_BYTES >> 20
+                ));
+            }
             self.receiver.connected(epoch, seq, &topics);
-            for (topic, payload) in link.held.take().unwrap_or_default() {
+            for (topic, payload) in held.messages {
                 self.receiver.message(topic, payload);
             }
             link.conn = Some(conn.clone());
