@@ -11,7 +11,7 @@ use std::{
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_core::Stream;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
@@ -218,14 +218,17 @@ impl EventStream {
     /// (`Content-Type: text/event-stream`, `Cache-Control: no-cache`,
     /// `X-Accel-Buffering: no` so proxies such as nginx do not buffer it).
     pub fn into_response(self) -> Response<Self> {
-        let mut response = Response::new(self);
-        let headers = response.headers_mut();
+        // Room for exactly these three: hyper keeps a response's header map for as long as the
+        // connection lives, and a map grown by inserts has room for six (312 bytes more).
+        let mut headers = HeaderMap::with_capacity(3);
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/event-stream"),
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        let mut response = Response::new(self);
+        *response.headers_mut() = headers;
         response
     }
 
