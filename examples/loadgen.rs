@@ -599,7 +599,7 @@ impl Parser {
             }
         } else if let Some(v) = line.strip_prefix(b"id: ") {
             let digits = v.rsplit(|&b| b == b'-').next().unwrap_or(v);
-            self.id_seq = parse_u64(digits);
+            self.id_seq = parse_u64(digits).or_else(|| parse_time_tag(v));
             self.id_pending.clear();
             self.id_pending.extend_from_slice(v);
         } else if let Some(v) = line.strip_prefix(b"event: ") {
@@ -678,6 +678,13 @@ fn parse_u64(digits: &[u8]) -> Option<u64> {
         n = n * 10 + u64::from(d - b'0');
     }
     Some(n)
+}
+
+/// Nchan's ids, `TIME:TAG` (seconds, then a counter within the second), as one ordered number.
+fn parse_time_tag(v: &[u8]) -> Option<u64> {
+    let colon = memchr::memchr(b':', v)?;
+    let (time, tag) = (parse_u64(&v[..colon])?, parse_u64(&v[colon + 1..])?);
+    (time < 1 << 32 && tag < 1 << 32).then_some((time << 32) | tag)
 }
 
 /// `seq=N t=MICROS[ padding]`.
@@ -901,7 +908,8 @@ async fn publisher(
                 .await
                 .map_err(|e| format!("{e}"))?
                 .to_bytes();
-            if status == StatusCode::ACCEPTED {
+            // The demo answers 202; Nchan answers 201 when the channel has subscribers.
+            if status == StatusCode::ACCEPTED || status == StatusCode::CREATED {
                 Ok(())
             } else {
                 Err(format!(
