@@ -110,7 +110,7 @@ struct Live {
     /// When the last chunk with events went out (only tracked with a write delay).
     last_write: Option<Instant>,
     /// Frames waiting for the write delay to pass, and the timer that sends them.
-    held: Option<Held>,
+    held: Option<Chunk>,
     flush: Option<Pin<Box<Sleep>>>,
     /// The last write sent frames that had waited: until a delay passes without events, the
     /// subscription is checked only when each delay ends, so publishes do not wake the task.
@@ -295,191 +295,244 @@ impl Live {
         if self.done {
             return Poll::Ready(None);
         }
-        if !self.started {
-            self.started = true;
-            self.head = Some(self.head());
-            if let Some(every) = self.config.keep_alive {
-                self.keep_alive = Some(Box::pin(tokio::time::sleep(every)));
-            }
-        }
+        self.start();
+        let mut clock = Clock::default();
         // Frames held back by the write delay come first.
-        let Held {
-            mut first,
-            mut batch,
-            mut len,
-            mut events,
-        } = self.held.take().unwrap_or_default();
+        let mut chunk = self.held.take().unwrap_or_default();
         let hold_until = match self.last_write {
             Some(at) if !self.config.write_delay.is_zero() => Some(at + self.config.write_delay),
             _ => None,
         };
-        // The clock is read at most once per poll.
-        let mut clock = None;
-        let mut now = || *clock.get_or_insert_with(Instant::now);
-        let holding = hold_until.is_some_and(|until| now() < until);
-        let had_held = first.is_some() || batch.is_some();
+        let holding = hold_until.is_some_and(|until| clock.now() < until);
+        let had_held = !chunk.is_empty();
         // While frames are held (or the stream is busy), the subscription is not polled: events
         // published meanwhile are picked up when the delay is over.
         let held_back = holding && (had_held || self.busy);
-        // A busy stream checks its subscription without asking to be woken by it.
-        let mut busy = self.busy && !held_back;
-        let noop: &Waker = Waker::noop();
-        let mut quiet = Context::from_waker(noop);
-        let mut push = |bytes: &[u8], owned: Option<Bytes>| match (&mut first, &mut batch) {
-            (None, None) => first = Some(owned.unwrap_or_else(|| Bytes::copy_from_slice(bytes))),
-            (Some(f), None) => {
-                let mut b = BytesMut::with_capacity((f.len() + bytes.len()) * 2);
-                b.put_slice(f);
-                b.put_slice(bytes);
-                batch = Some(b);
-            }
-            (_, Some(b)) => b.put_slice(bytes),
-        };
         if let Some(head) = self.head.take() {
-            len += head.len();
-            push(&head, Some(head.clone()));
+            chunk.push_owned(head);
         }
-        let len_before = len;
-        let mut pass = !held_back;
-        while pass {
-            pass = false;
-            let drain_cx = if busy { &mut quiet } else { &mut *cx };
-            let mut pending = false;
-            while len < MAX_BATCH_BYTES {
-                match Pin::new(&mut self.subscription).poll_next(drain_cx) {
-                    Poll::Pending => {
-                        pending = true;
-                        break;
-                    }
-                    Poll::Ready(Some(Message::Event(event))) => {
-                        let frame = event.into_frame();
-                        events += 1;
-                        len += frame.len();
-                        push(&frame, Some(frame.clone()));
-                    }
-                    Poll::Ready(Some(Message::Gap(reason))) => {
-                        let mut buf = BytesMut::new();
-                        let data = format!(r#"{{"status":"gap","reason":"{}"}}"#, reason.as_str());
-                        put_status(&mut buf, &data, None);
-                        len += buf.len();
-                        push(&buf, None);
-                    }
-                    Poll::Ready(Some(end)) => {
-                        let why = match end {
-                            Message::Lagged => "disconnected: this client fell too far behind",
-                            _ => "the server is shutting down",
-                        };
-                        let comment = format!(
-                            ": {why}; reconnect with Last-Event-ID {} to resume\n\n",
-                            self.subscription.last_event_id()
-                        );
-                        push(comment.as_bytes(), None);
-                        self.done = true;
-                        break;
-                    }
-                    Poll::Ready(None) => {
-                        self.done = true;
-                        break;
-                    }
-                }
-            }
-            // A busy stream that found nothing is quiet again: from now on an event wakes it.
-            if busy && pending && !had_held && len == len_before {
-                busy = false;
-                self.busy = false;
-                pass = true;
-            }
-        }
+        let busy = !held_back && self.drain(cx, &mut chunk, had_held);
         if !self.done {
-            if let Some(deadline) = &mut self.deadline {
-                if deadline.as_mut().poll(cx).is_ready() {
-                    let comment = format!(
-                        ": token expired; reconnect with a fresh token and Last-Event-ID {} to resume\n\n",
-                        self.subscription.last_event_id()
-                    );
-                    push(comment.as_bytes(), None);
-                    self.done = true;
-                }
-            }
+            self.end_if_expired(cx, &mut chunk);
         }
-        if let (true, false, Some(until)) = (holding, self.done, hold_until) {
-            if len < MAX_BATCH_BYTES && (first.is_some() || batch.is_some() || self.busy) {
-                let flush = self
-                    .flush
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
-                if flush.deadline() != until {
-                    flush.as_mut().reset(until);
-                }
-                let fired = flush.as_mut().poll(cx).is_ready();
-                if fired {
-                    // The timer says the delay is over (the clock read above can lag it): go
-                    // again without a hold.
-                    self.last_write = None;
-                    cx.waker().wake_by_ref();
-                }
-                self.held = Some(Held {
-                    first,
-                    batch,
-                    len,
-                    events,
-                });
+        if let (true, Some(until)) = (holding, hold_until) {
+            if self.hold(cx, &mut chunk, until) {
                 return Poll::Pending;
             }
         }
-        if first.is_some() || batch.is_some() {
-            self.last_sent = Some(now());
+        if !chunk.is_empty() {
+            self.last_sent = Some(clock.now());
         }
-        if !self.config.write_delay.is_zero() && events > 0 {
-            // Frames released by the timer count as written when the delay ended, which keeps
-            // a busy stream to one write per delay. (The first frame alone does not count.)
-            let now = now();
-            self.last_write = Some(match hold_until {
-                Some(until) if held_back => now.max(until),
-                _ => now,
-            });
-            self.busy = had_held || busy;
-        }
-        if events > 0 {
+        if chunk.events > 0 {
+            if !self.config.write_delay.is_zero() {
+                // Frames released by the timer count as written when the delay ended, which
+                // keeps a busy stream to one write per delay. (The first frame alone does not
+                // count.)
+                let now = clock.now();
+                self.last_write = Some(match hold_until {
+                    Some(until) if held_back => now.max(until),
+                    _ => now,
+                });
+                self.busy = had_held || busy;
+            }
             let oldest = self.subscription.take_oldest();
-            self.metrics.delivered(events, oldest);
-            tracing::trace!(events, bytes = len, "delivered");
+            self.metrics.delivered(chunk.events, oldest);
+            tracing::trace!(events = chunk.events, bytes = chunk.len, "delivered");
         }
-        if let Some(b) = batch {
-            return Poll::Ready(Some(b.freeze()));
-        }
-        if let Some(f) = first {
-            return Poll::Ready(Some(f));
+        if let Some(bytes) = chunk.into_bytes() {
+            return Poll::Ready(Some(bytes));
         }
         if self.done {
             return Poll::Ready(None);
         }
-        if let (Some(sleep), Some(every)) = (&mut self.keep_alive, self.config.keep_alive) {
+        self.poll_keep_alive(cx, &mut clock)
+    }
+
+    /// The first poll: the head frame and the keep-alive timer.
+    fn start(&mut self) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        self.head = Some(self.head());
+        if let Some(every) = self.config.keep_alive {
+            self.keep_alive = Some(Box::pin(tokio::time::sleep(every)));
+        }
+    }
+
+    /// Moves what the subscription has ready into `chunk`. A busy stream checks without asking
+    /// to be woken; one that finds nothing new is quiet again and checks once more, asking to
+    /// be woken by the next event. Returns whether the stream is still busy.
+    fn drain(&mut self, cx: &mut Context<'_>, chunk: &mut Chunk, had_held: bool) -> bool {
+        let mut busy = self.busy;
+        let len_before = chunk.len;
+        loop {
+            let pending = if busy {
+                self.gather(&mut Context::from_waker(Waker::noop()), chunk)
+            } else {
+                self.gather(cx, chunk)
+            };
+            if busy && pending && !had_held && chunk.len == len_before {
+                busy = false;
+                self.busy = false;
+                continue;
+            }
+            return busy;
+        }
+    }
+
+    /// Moves messages of the subscription into `chunk` up to [`MAX_BATCH_BYTES`]. Returns
+    /// whether the subscription had nothing more (and will wake `cx`).
+    fn gather(&mut self, cx: &mut Context<'_>, chunk: &mut Chunk) -> bool {
+        while chunk.len < MAX_BATCH_BYTES {
+            match Pin::new(&mut self.subscription).poll_next(cx) {
+                Poll::Pending => return true,
+                Poll::Ready(Some(Message::Event(event))) => {
+                    chunk.events += 1;
+                    chunk.push_owned(event.into_frame());
+                }
+                Poll::Ready(Some(Message::Gap(reason))) => {
+                    let mut buf = BytesMut::new();
+                    let data = format!(r#"{{"status":"gap","reason":"{}"}}"#, reason.as_str());
+                    put_status(&mut buf, &data, None);
+                    chunk.push(&buf);
+                }
+                Poll::Ready(Some(end)) => {
+                    let why = match end {
+                        Message::Lagged => "disconnected: this client fell too far behind",
+                        _ => "the server is shutting down",
+                    };
+                    let comment = format!(
+                        ": {why}; reconnect with Last-Event-ID {} to resume\n\n",
+                        self.subscription.last_event_id()
+                    );
+                    chunk.push(comment.as_bytes());
+                    self.done = true;
+                    return false;
+                }
+                Poll::Ready(None) => {
+                    self.done = true;
+                    return false;
+                }
+            }
+        }
+        false
+    }
+
+    /// Ends the stream when the client's authorization has expired.
+    fn end_if_expired(&mut self, cx: &mut Context<'_>, chunk: &mut Chunk) {
+        let Some(deadline) = &mut self.deadline else {
+            return;
+        };
+        if deadline.as_mut().poll(cx).is_ready() {
+            let comment = format!(
+                ": token expired; reconnect with a fresh token and Last-Event-ID {} to resume\n\n",
+                self.subscription.last_event_id()
+            );
+            chunk.push(comment.as_bytes());
+            self.done = true;
+        }
+    }
+
+    /// Within the write delay (until `until`): keeps `chunk` for later and arms the timer that
+    /// sends it, unless there is nothing to wait for (or too much). Returns whether it did.
+    fn hold(&mut self, cx: &mut Context<'_>, chunk: &mut Chunk, until: Instant) -> bool {
+        if self.done || chunk.len >= MAX_BATCH_BYTES || (chunk.is_empty() && !self.busy) {
+            return false;
+        }
+        let flush = self
+            .flush
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+        if flush.deadline() != until {
+            flush.as_mut().reset(until);
+        }
+        if flush.as_mut().poll(cx).is_ready() {
+            // The timer says the delay is over (the clock read before can lag it): go again
+            // without a hold.
+            self.last_write = None;
+            cx.waker().wake_by_ref();
+        }
+        self.held = Some(std::mem::take(chunk));
+        true
+    }
+
+    /// Sends a keep-alive comment when nothing went out for the interval. The timer only says
+    /// when to look again: it is checked against the last chunk sent, not reset by every write.
+    fn poll_keep_alive(&mut self, cx: &mut Context<'_>, clock: &mut Clock) -> Poll<Option<Bytes>> {
+        let (Some(sleep), Some(every)) = (&mut self.keep_alive, self.config.keep_alive) else {
+            return Poll::Pending;
+        };
+        if sleep.as_mut().poll(cx).is_ready() {
+            let now = clock.now();
+            let due = self.last_sent.map_or(now, |at| at + every);
+            if now >= due {
+                sleep.as_mut().reset(now + every);
+                self.last_sent = Some(now);
+                return Poll::Ready(Some(Bytes::from_static(KEEP_ALIVE)));
+            }
+            sleep.as_mut().reset(due);
             if sleep.as_mut().poll(cx).is_ready() {
-                // Due `every` after the last chunk; the timer only says when to look again.
-                let now = now();
-                let due = self.last_sent.map_or(now, |at| at + every);
-                if now >= due {
-                    sleep.as_mut().reset(now + every);
-                    self.last_sent = Some(now);
-                    return Poll::Ready(Some(Bytes::from_static(KEEP_ALIVE)));
-                }
-                sleep.as_mut().reset(due);
-                if sleep.as_mut().poll(cx).is_ready() {
-                    cx.waker().wake_by_ref();
-                }
+                cx.waker().wake_by_ref();
             }
         }
         Poll::Pending
     }
 }
 
+/// The clock, read at most once per poll.
+#[derive(Default)]
+struct Clock(Option<Instant>);
+
+impl Clock {
+    fn now(&mut self) -> Instant {
+        *self.0.get_or_insert_with(Instant::now)
+    }
+}
+
 /// Frames gathered for one chunk: the first as it is (not copied), further ones concatenated.
 #[derive(Default)]
-struct Held {
+struct Chunk {
     first: Option<Bytes>,
     batch: Option<BytesMut>,
     len: usize,
     events: u64,
+}
+
+impl Chunk {
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn push_owned(&mut self, bytes: Bytes) {
+        if self.first.is_none() {
+            self.len += bytes.len();
+            self.first = Some(bytes);
+        } else {
+            self.push(&bytes);
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.len += bytes.len();
+        match (&self.first, &mut self.batch) {
+            (None, _) => self.first = Some(Bytes::copy_from_slice(bytes)),
+            (Some(first), None) => {
+                let mut batch = BytesMut::with_capacity((first.len() + bytes.len()) * 2);
+                batch.put_slice(first);
+                batch.put_slice(bytes);
+                self.batch = Some(batch);
+            }
+            (Some(_), Some(batch)) => batch.put_slice(bytes),
+        }
+    }
+
+    /// The chunk's bytes, if it has any.
+    fn into_bytes(self) -> Option<Bytes> {
+        match self.batch {
+            Some(batch) => Some(batch.freeze()),
+            None => self.first,
+        }
+    }
 }
 
 /// Writes a status event.
