@@ -517,3 +517,50 @@ async fn prefixes_separate_namespaces() {
     assert_eq!(next_event(&mut sub).await.id(), id);
     assert_ne!(foreign.id().epoch(), id.epoch());
 }
+
+/// The latency a stream reports is counted from the publish, by the publisher's clock, not from
+/// the moment the event reached this instance.
+#[tokio::test]
+async fn delivery_latency_counts_from_the_publish() {
+    use http_body_util::BodyExt;
+    use tower_sse::EventStream;
+
+    let server = redis_or_skip!();
+    let bus = connect(&server, SubscribeMode::Interest).await;
+    let sub = bus.subscribe(["latency"], None).await.unwrap();
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    let mut stream = metrics::with_local_recorder(&recorder, || {
+        EventStream::new(sub)
+            .keep_alive(None)
+            .write_delay(Duration::ZERO)
+    });
+    let first = publish(&bus, "latency", "now").await;
+
+    // An event as another instance sends it, published 2 seconds ago by its clock.
+    let published = std::time::SystemTime::now() - Duration::from_secs(2);
+    let micros = published
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros();
+    let id = format!("{:08x}-{}", first.epoch(), first.sequence() + 1);
+    let payload = format!(":@t={micros}\ndata: sent earlier\nid: {id}\n\n");
+    server.command(&["PUBLISH", "tower-sse:t:latency", &payload]);
+
+    let mut written = String::new();
+    within("the stream writing both events", async {
+        while !written.contains("data: sent earlier") {
+            let frame = stream.frame().await.unwrap().unwrap();
+            written.push_str(std::str::from_utf8(frame.data_ref().unwrap()).unwrap());
+        }
+    })
+    .await;
+    assert!(!written.contains(":@"), "{written}");
+    let rendered = metrics.render();
+    let sum = rendered
+        .lines()
+        .find_map(|line| line.strip_prefix("sse_delivery_latency_seconds_sum "))
+        .unwrap_or_else(|| panic!("no latency sum in {rendered}"));
+    let sum: f64 = sum.trim().parse().unwrap();
+    assert!(sum >= 2.0, "latency sum {sum} s, from {rendered}");
+}
