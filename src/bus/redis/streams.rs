@@ -954,17 +954,17 @@ impl Pipeline {
         }
         // Otherwise the topic's listening point is still on its way: this event was published
         // after the subscription took effect, and is the first one heard.
-        self.deliver(&topic, seq, frame, meta, None);
+        self.deliver(&topic, id, frame, meta, None);
     }
 
     /// Delivers one event (after announcing a gap before it, if any), unless an event with a
     /// higher number was delivered already: then subscribers of several topics could not see
     /// it in order, and it becomes a gap.
-    fn deliver(&mut self, topic: &Topic, seq: u64, frame: Bytes, meta: Meta, gap: Option<u64>) {
+    fn deliver(&mut self, topic: &Topic, id: EventId, frame: Bytes, meta: Meta, gap: Option<u64>) {
         let hub = &self.core.hub;
         let topics = std::slice::from_ref(topic);
-        let epoch = hub.epoch();
-        let _span = meta.deliver_span(topic, EventId::new(epoch, seq)).entered();
+        let seq = id.sequence();
+        let _span = meta.deliver_span(topic, id).entered();
         let published = meta.published_at(std::time::Instant::now());
         let _gate = lock(&self.core.gate);
         if let Some(at) = gap {
@@ -1078,7 +1078,8 @@ impl Pipeline {
             let entry = cursor.buffer.pop_front().expect("looked at above");
             let gap = cursor.gap.take();
             let topic = cursor.topic.clone();
-            self.deliver(&topic, entry.seq, entry.frame, entry.meta, gap);
+            let id = EventId::new(entry.epoch, entry.seq);
+            self.deliver(&topic, id, entry.frame, entry.meta, gap);
         }
         if let Some(reason) = &failure {
             tracing::warn!(%reason, "could not read missed events from Redis; telling subscribers");
