@@ -187,7 +187,25 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // A fast shutdown through the master, which stops its workers: killing the master alone
+        // would leave them running, listening on the port.
+        let stopped = Command::new("nginx")
+            .arg("-p")
+            .arg(&self.dir)
+            .arg("-c")
+            .arg(self.dir.join("nginx.conf"))
+            .args(["-s", "stop"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        let exited = stopped
+            && (0..500).any(|_| {
+                std::thread::sleep(Duration::from_millis(10));
+                matches!(self.child.try_wait(), Ok(Some(_)))
+            });
+        if !exited {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
