@@ -141,37 +141,30 @@ impl Hub {
         let mut state = lock(&self.shared.state);
         let id = EventId::new(state.epoch, state.last_seq + 1);
         let frame = finish(id);
-        self.deliver_locked(&mut state, topic, id.sequence(), frame, None);
+        self.deliver_locked(&mut state, topic, id.sequence(), frame, Duration::ZERO);
         id
     }
 
-    /// Delivers an event that was numbered elsewhere and published `published` (by this
-    /// clock; it starts the wait that delivery latency measures). Sequence numbers must arrive
-    /// in increasing order; a frame whose number is not above the topic's last one is dropped as
-    /// a duplicate.
+    /// Delivers an event that was numbered elsewhere and published `age` ago (where delivery
+    /// latency starts). Sequence numbers must arrive in increasing order; a frame whose number
+    /// is not above the topic's last one is dropped as a duplicate.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn deliver(&self, topic: &Topic, seq: u64, frame: Bytes, published: Instant) {
+    pub(crate) fn deliver(&self, topic: &Topic, seq: u64, frame: Bytes, age: Duration) {
         let mut state = lock(&self.shared.state);
-        self.deliver_locked(&mut state, topic, seq, frame, Some(published));
+        self.deliver_locked(&mut state, topic, seq, frame, age);
     }
 
     /// Like [`deliver`](Self::deliver) for an event of history `id.epoch()`: when that is not
     /// the current history (the broker lost its state and numbering started over), a new epoch
     /// starts first, under the same lock.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn deliver_in_epoch(
-        &self,
-        topic: &Topic,
-        id: EventId,
-        frame: Bytes,
-        published: Instant,
-    ) {
+    pub(crate) fn deliver_in_epoch(&self, topic: &Topic, id: EventId, frame: Bytes, age: Duration) {
         let mut state = lock(&self.shared.state);
         if state.epoch != id.epoch() {
             let last_seq = id.sequence().saturating_sub(1);
             new_epoch_locked(&mut state, id.epoch(), last_seq, Instant::now());
         }
-        self.deliver_locked(&mut state, topic, id.sequence(), frame, Some(published));
+        self.deliver_locked(&mut state, topic, id.sequence(), frame, age);
     }
 
     fn deliver_locked(
@@ -180,11 +173,11 @@ impl Hub {
         topic: &Topic,
         seq: u64,
         frame: Bytes,
-        published: Option<Instant>,
+        age: Duration,
     ) {
         let limits = &self.shared.limits;
         let now = Instant::now();
-        let published = published.unwrap_or(now);
+        let published = now.checked_sub(age).unwrap_or(now);
         state.last_seq = state.last_seq.max(seq);
         let state_epoch = state.epoch;
         let floor_if_new = if state.hears_all {

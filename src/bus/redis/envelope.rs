@@ -6,7 +6,7 @@
 //! `: `), so a frame without the line is told apart. Fields are `key=value`, separated by one
 //! space; unknown keys are skipped, so later versions can add some.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tracing::Span;
@@ -63,16 +63,16 @@ pub(super) fn open(frame: Bytes) -> (Meta, Bytes) {
 }
 
 impl Meta {
-    /// When the event was published, as a reading of this instance's monotonic clock (`now`,
-    /// when the publish time is unknown or implausible).
-    pub(super) fn published_at(&self, now: Instant) -> Instant {
+    /// How long ago the event was published, by this instance's clock (zero when the publish
+    /// time is unknown or implausible).
+    pub(super) fn age(&self) -> Duration {
         let Some(micros) = self.published else {
-            return now;
+            return Duration::ZERO;
         };
         let published = UNIX_EPOCH + Duration::from_micros(micros);
         match SystemTime::now().duration_since(published) {
-            Ok(ago) if ago <= MAX_CLOCK_SKEW => now.checked_sub(ago).unwrap_or(now),
-            _ => now,
+            Ok(ago) if ago <= MAX_CLOCK_SKEW => ago,
+            _ => Duration::ZERO,
         }
     }
 
@@ -91,9 +91,7 @@ mod tests {
         let frame = format!("{}data: x\nid: 00000001-1\n\n", seal());
         let (meta, rest) = open(Bytes::from(frame));
         assert_eq!(&rest[..], b"data: x\nid: 00000001-1\n\n");
-        let now = Instant::now();
-        let at = meta.published_at(now);
-        assert!(at <= now && now - at < Duration::from_secs(5));
+        assert!(meta.age() < Duration::from_secs(5));
     }
 
     #[test]
@@ -105,8 +103,7 @@ mod tests {
         assert_eq!(meta.published, Some(1_700_000_000_000_000));
         assert_eq!(meta.parent.map(|p| p.to_string()).as_deref(), Some(parent));
         // Years ago: not used for latency.
-        let now = Instant::now();
-        assert_eq!(meta.published_at(now), now);
+        assert_eq!(meta.age(), Duration::ZERO);
     }
 
     #[test]

@@ -226,9 +226,8 @@ impl Receiver for Core {
             return;
         };
         let _span = meta.deliver_span(&topic, id).entered();
-        let published = meta.published_at(std::time::Instant::now());
         // A new epoch means Redis lost its state while we stayed connected.
-        self.hub.deliver_in_epoch(&topic, id, frame, published);
+        self.hub.deliver_in_epoch(&topic, id, frame, meta.age());
     }
 
     fn connected(&self, epoch: u32, seq: u64, topics: &[Topic]) {

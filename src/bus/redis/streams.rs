@@ -965,13 +965,12 @@ impl Pipeline {
         let topics = std::slice::from_ref(topic);
         let seq = id.sequence();
         let _span = meta.deliver_span(topic, id).entered();
-        let published = meta.published_at(std::time::Instant::now());
         let _gate = lock(&self.core.gate);
         if let Some(at) = gap {
             hub.gap(Some(topics), at.min(seq - 1), GapReason::BrokerDisconnected);
         }
         if seq > self.watermark {
-            hub.deliver(topic, seq, frame, published);
+            hub.deliver(topic, seq, frame, meta.age());
             self.watermark = seq;
         } else {
             tracing::warn!(%topic, seq, "an event arrived too late to be delivered in order");
