@@ -84,6 +84,97 @@ impl FromStr for EventId {
     }
 }
 
+/// Where a subscription stands: the value a client sends as `Last-Event-ID` to resume it.
+///
+/// On most buses this is the [`EventId`] of the last event seen, since one sequence orders
+/// every topic. On a [Redis Cluster](crate::RedisConfig::cluster) bus each topic is numbered on
+/// its own shard, so a stream of several topics stands at one position per topic: its cursor
+/// lists them, comma-separated, in the order of the stream's sorted topics, and that list is
+/// the `id:` the stream writes after each event.
+///
+/// # Example
+///
+/// ```
+/// use tower_sse::{Cursor, EventId};
+///
+/// let id: EventId = "0a1b2c3d-42".parse()?;
+/// let cursor = Cursor::from(id);
+/// assert_eq!(cursor.to_string(), "0a1b2c3d-42");
+/// assert_eq!(cursor.event_id(), Some(id));
+/// # Ok::<_, tower_sse::InvalidEventId>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Cursor(Position);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Position {
+    One(EventId),
+    PerTopic(Box<[EventId]>),
+}
+
+impl Cursor {
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn per_topic(ids: &[EventId]) -> Self {
+        Self(Position::PerTopic(ids.into()))
+    }
+
+    /// The id this cursor consists of, unless it holds one position per topic.
+    pub fn event_id(&self) -> Option<EventId> {
+        match &self.0 {
+            Position::One(id) => Some(*id),
+            Position::PerTopic(_) => None,
+        }
+    }
+
+    /// Parses a cursor of `n` positions, one per topic (see [`Cursor`]); `None` unless `raw`
+    /// holds exactly `n` valid ids.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn parse_per_topic(raw: &str, n: usize) -> Option<Vec<EventId>> {
+        if raw.len() > n.saturating_mul(MAX_ID_LEN + 1) {
+            return None;
+        }
+        let ids = raw
+            .split(',')
+            .map(|part| part.parse().ok())
+            .collect::<Option<Vec<EventId>>>()?;
+        (ids.len() == n).then_some(ids)
+    }
+
+    /// Writes the cursor to `out` as it goes on the wire.
+    pub(crate) fn write_to(&self, out: &mut impl fmt::Write) -> fmt::Result {
+        match &self.0 {
+            Position::One(id) => write!(out, "{id}"),
+            Position::PerTopic(ids) => {
+                for (i, id) in ids.iter().enumerate() {
+                    if i > 0 {
+                        out.write_char(',')?;
+                    }
+                    write!(out, "{id}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl From<EventId> for Cursor {
+    fn from(id: EventId) -> Self {
+        Self(Position::One(id))
+    }
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_to(f)
+    }
+}
+
+impl fmt::Debug for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Cursor({self})")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,5 +210,29 @@ mod tests {
             assert!(bad.parse::<EventId>().is_err(), "{bad:?}");
         }
         assert!("a".repeat(10_000).parse::<EventId>().is_err());
+    }
+
+    #[test]
+    fn cursors_per_topic() {
+        let ids = [EventId::new(1, 2), EventId::new(0xab, 0)];
+        let cursor = Cursor::per_topic(&ids);
+        assert_eq!(cursor.to_string(), "00000001-2,000000ab-0");
+        assert_eq!(cursor.event_id(), None);
+        assert_eq!(
+            Cursor::parse_per_topic("00000001-2,000000ab-0", 2).as_deref(),
+            Some(&ids[..])
+        );
+        for (bad, n) in [
+            ("00000001-2,000000ab-0", 1),
+            ("00000001-2,000000ab-0", 3),
+            ("00000001-2,", 2),
+            ("00000001-2,,000000ab-0", 2),
+            ("00000001-2;000000ab-0", 2),
+            ("", 1),
+        ] {
+            assert_eq!(Cursor::parse_per_topic(bad, n), None, "{bad:?}");
+        }
+        let long = vec!["00000001-2"; 1_000].join(",");
+        assert_eq!(Cursor::parse_per_topic(&long, 2), None);
     }
 }

@@ -151,7 +151,7 @@ pub use self::{
     error::{BusError, InvalidEvent, InvalidEventId, InvalidTopic},
     event::Event,
     future::{ResponseFuture, StreamFuture},
-    last_event_id::EventId,
+    last_event_id::{Cursor, EventId},
     layer::SseLayer,
     route::last_event_id,
     service::{Sse, SseService},

@@ -18,7 +18,7 @@ use tokio::time::{Instant, Sleep};
 use crate::{
     bus::{random_u64, Message, ResumeStatus, Subscription},
     event::KEEP_ALIVE,
-    last_event_id::EventId,
+    last_event_id::Cursor,
     metrics::StreamMetrics,
     route::StreamPermit,
 };
@@ -536,7 +536,7 @@ impl Chunk {
 }
 
 /// Writes a status event.
-fn put_status(buf: &mut BytesMut, data: &str, id: Option<EventId>) {
+fn put_status(buf: &mut BytesMut, data: &str, id: Option<Cursor>) {
     buf.put_slice(b"event: ");
     buf.put_slice(STATUS_EVENT.as_bytes());
     buf.put_slice(b"\ndata: ");

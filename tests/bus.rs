@@ -38,7 +38,7 @@ async fn concurrent_publishers_are_seen_in_id_order_across_topics() {
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!(sub.last_event_id().sequence(), last);
+    assert_eq!(sub.last_event_id().event_id().unwrap().sequence(), last);
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::{
     time::Instant,
 };
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use futures_core::Stream;
 
 use super::{
@@ -15,7 +15,7 @@ use super::{
     queue::{End, Item, Queue},
     GapReason, ResumeStatus, Topic,
 };
-use crate::last_event_id::EventId;
+use crate::last_event_id::{Cursor, EventId};
 
 /// How many queued items one poll moves out of the shared queue (one lock per batch).
 const DRAIN_BATCH: usize = 64;
@@ -24,12 +24,26 @@ const DRAIN_BATCH: usize = 64;
 ///
 /// Created by [`EventBus::subscribe`](crate::EventBus::subscribe). It first yields the events
 /// replayed from history (when resuming), then live events, in the order of their ids across all
-/// its topics. The stream ends after [`Message::Lagged`] (the subscriber fell too far behind) or
+/// its topics (on a Redis Cluster bus, where each topic is numbered on its own, in order within
+/// each topic). The stream ends after [`Message::Lagged`] (the subscriber fell too far behind) or
 /// [`Message::Closed`] (the bus shut down); the client should then resume from
 /// [`last_event_id`](Subscription::last_event_id). Dropping it unsubscribes.
 ///
 /// To serve it to a client, wrap it in an [`EventStream`](crate::EventStream).
 pub struct Subscription {
+    inner: Inner,
+    _guard: Option<Box<dyn Send + Sync>>,
+}
+
+enum Inner {
+    /// The subscription of one hub: one sequence orders all its topics.
+    One(Part),
+    /// Subscriptions of one topic each, numbered independently (a Redis Cluster bus).
+    PerTopic(PerTopic),
+}
+
+/// A subscriber of one hub.
+struct Part {
     hub: Hub,
     id: u64,
     topics: Vec<Topic>,
@@ -40,7 +54,17 @@ pub struct Subscription {
     done: bool,
     /// When the oldest event taken from the queue and not yet reported reached the bus.
     oldest: Option<Instant>,
-    _guard: Option<Box<dyn Send + Sync>>,
+}
+
+/// One single-topic [`Part`] per topic, with a cursor that holds a position for each.
+struct PerTopic {
+    parts: Vec<Part>,
+    topics: Vec<Topic>,
+    ids: Vec<EventId>,
+    status: ResumeStatus,
+    /// The part polled first next time, so that a busy topic does not starve the others.
+    next: usize,
+    done: bool,
 }
 
 /// What a [`Subscription`] yields.
@@ -104,16 +128,56 @@ impl Subscription {
         start_id: EventId,
     ) -> Self {
         Self {
-            hub,
-            id,
-            topics,
-            queue,
-            pending: replay,
-            status,
-            last_id: start_id,
-            done: false,
-            oldest: None,
+            inner: Inner::One(Part {
+                hub,
+                id,
+                topics,
+                queue,
+                pending: replay,
+                status,
+                last_id: start_id,
+                done: false,
+                oldest: None,
+            }),
             _guard: None,
+        }
+    }
+
+    /// Joins subscriptions of one topic each (in the order of their topics, sorted), whose
+    /// topics are numbered independently, into one whose cursor holds a position per topic.
+    /// Each event's `id:` line is rewritten to that cursor.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn per_topic(subscriptions: Vec<Subscription>) -> Self {
+        let mut parts = Vec::with_capacity(subscriptions.len());
+        let mut guards = Vec::new();
+        for mut subscription in subscriptions {
+            guards.extend(subscription._guard.take());
+            match std::mem::replace(&mut subscription.inner, Inner::PerTopic(PerTopic::empty())) {
+                Inner::One(part) => parts.push(part),
+                Inner::PerTopic(_) => unreachable!("joined once, from single-topic subscriptions"),
+            }
+        }
+        let topics = parts
+            .iter()
+            .flat_map(|p| p.topics.iter().cloned())
+            .collect();
+        let ids = parts.iter().map(|p| p.last_id).collect();
+        let status = joint_status(parts.iter().map(|p| p.status));
+        let joined = Self {
+            inner: Inner::PerTopic(PerTopic {
+                parts,
+                topics,
+                ids,
+                status,
+                next: 0,
+                done: false,
+            }),
+            _guard: None,
+        };
+        if guards.is_empty() {
+            joined
+        } else {
+            joined.with_guard(Box::new(guards))
         }
     }
 
@@ -125,28 +189,49 @@ impl Subscription {
         self
     }
 
-    /// How the subscription started: fresh, resumed, or reset with the reason.
+    /// How the subscription started: fresh, resumed, or reset with the reason. For a
+    /// subscription with a position per topic (see [`Cursor`]): reset when any topic was, with
+    /// the first reason; resumed when any topic was, with the replayed events of all.
     pub fn status(&self) -> ResumeStatus {
-        self.status
+        match &self.inner {
+            Inner::One(part) => part.status,
+            Inner::PerTopic(joined) => joined.status,
+        }
     }
 
     /// The topics subscribed to, sorted.
     pub fn topics(&self) -> &[Topic] {
-        &self.topics
+        match &self.inner {
+            Inner::One(part) => &part.topics,
+            Inner::PerTopic(joined) => &joined.topics,
+        }
     }
 
     /// When the oldest event yielded since the last call was published, as far as this instance
     /// knows (replayed events do not count). For measuring delivery latency once per write.
     pub(crate) fn take_oldest(&mut self) -> Option<Instant> {
-        self.oldest.take()
+        match &mut self.inner {
+            Inner::One(part) => part.oldest.take(),
+            Inner::PerTopic(joined) => joined
+                .parts
+                .iter_mut()
+                .filter_map(|p| p.oldest.take())
+                .min(),
+        }
     }
 
     /// The cursor to resume from: the id of the last event yielded, or before any, the position
-    /// the subscription started at.
-    pub fn last_event_id(&self) -> EventId {
-        self.last_id
+    /// the subscription started at. On a Redis Cluster bus, a subscription of several topics
+    /// holds a position per topic (see [`Cursor`]).
+    pub fn last_event_id(&self) -> Cursor {
+        match &self.inner {
+            Inner::One(part) => part.last_id.into(),
+            Inner::PerTopic(joined) => Cursor::per_topic(&joined.ids),
+        }
     }
+}
 
+impl Part {
     fn message(&mut self, item: Item) -> Message {
         match item {
             Item::Event(id, frame) => {
@@ -156,30 +241,25 @@ impl Subscription {
             Item::Gap(reason) => Message::Gap(reason),
         }
     }
-}
 
-impl Stream for Subscription {
-    type Item = Message;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        let this = &mut *self;
-        if let Some(item) = this.pending.pop_front() {
-            return Poll::Ready(Some(this.message(item)));
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        if let Some(item) = self.pending.pop_front() {
+            return Poll::Ready(Some(self.message(item)));
         }
-        if this.done {
+        if self.done {
             return Poll::Ready(None);
         }
-        match this
+        match self
             .queue
-            .poll_drain(cx, &mut this.pending, &mut this.oldest, DRAIN_BATCH)
+            .poll_drain(cx, &mut self.pending, &mut self.oldest, DRAIN_BATCH)
         {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(_)) => {
-                let item = this.pending.pop_front().expect("drained at least one");
-                Poll::Ready(Some(this.message(item)))
+                let item = self.pending.pop_front().expect("drained at least one");
+                Poll::Ready(Some(self.message(item)))
             }
             Poll::Ready(Err(end)) => {
-                this.done = true;
+                self.done = true;
                 Poll::Ready(Some(match end {
                     End::Lagged => Message::Lagged,
                     End::Closed => Message::Closed,
@@ -189,7 +269,101 @@ impl Stream for Subscription {
     }
 }
 
-impl Drop for Subscription {
+impl PerTopic {
+    fn empty() -> Self {
+        Self {
+            parts: Vec::new(),
+            topics: Vec::new(),
+            ids: Vec::new(),
+            status: ResumeStatus::Fresh,
+            next: 0,
+            done: true,
+        }
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let n = self.parts.len();
+        for k in 0..n {
+            let i = (self.next + k) % n;
+            match self.parts[i].poll_next(cx) {
+                Poll::Pending | Poll::Ready(None) => continue,
+                Poll::Ready(Some(Message::Event(event))) => {
+                    self.next = (i + 1) % n;
+                    self.ids[i] = event.id;
+                    let frame = with_cursor(&event.frame, &self.ids);
+                    return Poll::Ready(Some(Message::Event(EncodedEvent {
+                        id: event.id,
+                        frame,
+                    })));
+                }
+                Poll::Ready(Some(end @ (Message::Lagged | Message::Closed))) => {
+                    self.done = true;
+                    return Poll::Ready(Some(end));
+                }
+                Poll::Ready(Some(other)) => {
+                    self.next = (i + 1) % n;
+                    return Poll::Ready(Some(other));
+                }
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// The status of a subscription made of one per topic.
+fn joint_status(statuses: impl Iterator<Item = ResumeStatus>) -> ResumeStatus {
+    let mut joint = ResumeStatus::Fresh;
+    for status in statuses {
+        joint = match (joint, status) {
+            (reset @ ResumeStatus::Reset(_), _) => reset,
+            (_, reset @ ResumeStatus::Reset(_)) => reset,
+            (ResumeStatus::Resumed { replayed: a }, ResumeStatus::Resumed { replayed: b }) => {
+                ResumeStatus::Resumed { replayed: a + b }
+            }
+            (resumed @ ResumeStatus::Resumed { .. }, _)
+            | (_, resumed @ ResumeStatus::Resumed { .. }) => resumed,
+            (fresh, _) => fresh,
+        };
+    }
+    joint
+}
+
+/// `frame` with its `id:` line (the last line before the blank one) replaced by `cursor`.
+fn with_cursor(frame: &[u8], cursor: &[EventId]) -> Bytes {
+    let body = frame.strip_suffix(b"\n\n").unwrap_or(frame);
+    let start = body.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let body = if body[start..].starts_with(b"id:") {
+        &frame[..start]
+    } else {
+        frame.strip_suffix(b"\n").unwrap_or(frame)
+    };
+    let mut id = String::with_capacity(cursor.len() * 24);
+    Cursor::per_topic(cursor)
+        .write_to(&mut id)
+        .expect("writing to a String");
+    let mut out = BytesMut::with_capacity(body.len() + id.len() + 6);
+    out.put_slice(body);
+    out.put_slice(b"id: ");
+    out.put_slice(id.as_bytes());
+    out.put_slice(b"\n\n");
+    out.freeze()
+}
+
+impl Stream for Subscription {
+    type Item = Message;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        match &mut self.inner {
+            Inner::One(part) => part.poll_next(cx),
+            Inner::PerTopic(joined) => joined.poll_next(cx),
+        }
+    }
+}
+
+impl Drop for Part {
     fn drop(&mut self) {
         self.hub.unsubscribe(self.id, &self.topics);
     }
@@ -198,9 +372,49 @@ impl Drop for Subscription {
 impl fmt::Debug for Subscription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Subscription")
-            .field("topics", &self.topics)
-            .field("status", &self.status)
-            .field("last_event_id", &self.last_id)
+            .field("topics", &self.topics())
+            .field("status", &self.status())
+            .field("last_event_id", &self.last_event_id())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::ResetReason;
+
+    #[test]
+    fn the_cursor_replaces_the_id_line() {
+        let cursor = [EventId::new(1, 5), EventId::new(2, 9)];
+        let frame = b"event: x\ndata: a\ndata: b\nid: 00000002-9\n\n";
+        assert_eq!(
+            &with_cursor(frame, &cursor)[..],
+            b"event: x\ndata: a\ndata: b\nid: 00000001-5,00000002-9\n\n"
+        );
+        // A frame without an id line gets one.
+        assert_eq!(
+            &with_cursor(b"data: a\n\n", &cursor)[..],
+            b"data: a\nid: 00000001-5,00000002-9\n\n"
+        );
+        // Only the last line counts: data that looks like an id stays.
+        assert_eq!(
+            &with_cursor(b"data: id: x\nid: 00000001-5\n\n", &cursor[..1])[..],
+            b"data: id: x\nid: 00000001-5\n\n"
+        );
+    }
+
+    #[test]
+    fn statuses_join() {
+        use ResumeStatus::{Fresh, Reset, Resumed};
+        let expired = Reset(ResetReason::HistoryExpired);
+        let join = |s: &[ResumeStatus]| joint_status(s.iter().copied());
+        assert_eq!(join(&[Fresh, Fresh]), Fresh);
+        assert_eq!(
+            join(&[Resumed { replayed: 2 }, Fresh, Resumed { replayed: 3 }]),
+            Resumed { replayed: 5 }
+        );
+        assert_eq!(join(&[Resumed { replayed: 2 }, expired]), expired);
+        assert_eq!(join(&[expired, Reset(ResetReason::InvalidId)]), expired);
     }
 }
