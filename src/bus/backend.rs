@@ -2,7 +2,10 @@
 
 use std::{fmt, future::Future, pin::Pin};
 
-use super::{hub::Hub, Health, Published, Subscription, Topic};
+use super::{
+    hub::{Hub, HubStats},
+    Health, Published, Subscription, Topic,
+};
 use crate::{error::BusError, event::Event};
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -29,4 +32,9 @@ pub(crate) trait Backend: fmt::Debug + Send + Sync + 'static {
 
     /// The local fan-out.
     fn hub(&self) -> &Hub;
+
+    /// Counts of the local fan-out's state.
+    fn stats(&self) -> HubStats {
+        self.hub().stats()
+    }
 }

@@ -199,7 +199,7 @@ impl EventBus {
 
     /// A snapshot of the bus's local state, for monitoring and tests.
     pub fn stats(&self) -> BusStats {
-        let hub = self.inner.backend.hub().stats();
+        let hub = self.inner.backend.stats();
         BusStats {
             topics: hub.topics,
             subscriptions: hub.subscriptions,

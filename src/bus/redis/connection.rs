@@ -730,14 +730,7 @@ impl<R: Receiver> Supervisor<R> {
     /// The delay before reconnection attempt `attempt` (from 0): doubling from the minimum up
     /// to the maximum, randomised between half and all of it.
     fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 1u32.checked_shl(attempt).unwrap_or(u32::MAX);
-        let base = self
-            .backoff_min
-            .checked_mul(factor)
-            .unwrap_or(self.backoff_max)
-            .min(self.backoff_max);
-        let unit = (random_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        base.mul_f64(0.5 + unit / 2.0)
+        backoff(self.backoff_min, self.backoff_max, attempt)
     }
 
     /// Opens a connection, subscribes, reads the state, tells the receiver, and makes the
@@ -859,7 +852,16 @@ impl<R: Receiver> Supervisor<R> {
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
+/// The delay before reconnection attempt `attempt` (from 0): doubling from `min` up to `max`,
+/// randomised between half and all of it.
+pub(super) fn backoff(min: Duration, max: Duration, attempt: u32) -> Duration {
+    let factor = 1u32.checked_shl(attempt).unwrap_or(u32::MAX);
+    let base = min.checked_mul(factor).unwrap_or(max).min(max);
+    let unit = (random_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    base.mul_f64(0.5 + unit / 2.0)
+}
+
+pub(super) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,

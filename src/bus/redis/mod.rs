@@ -13,6 +13,10 @@
 //! Instances share events when they use the same server, database and prefix; all of them must
 //! use the same backend (and, for Streams, the same retention settings).
 //!
+//! Both backends also run on a Redis Cluster, over sharded pub/sub, with
+//! [`RedisConfig::cluster`]; what changes there is described on that constructor. The rest of
+//! this page describes one server.
+//!
 //! # How events travel
 //!
 //! Everything a bus keeps in Redis lives under one prefix (default `tower-sse`), so several
@@ -34,6 +38,7 @@
 //! clients; Pub/Sub itself keeps nothing. For how the Streams backend stores events, see
 //! [`Builder::redis_streams`].
 
+mod cluster;
 mod connection;
 mod envelope;
 mod pubsub;
@@ -42,6 +47,7 @@ mod streams;
 
 use std::{fmt, future::Future, time::Duration};
 
+use self::cluster::Kind;
 use super::{Builder, EventBus};
 use crate::error::BusError;
 
@@ -125,6 +131,8 @@ pub enum SubscribeMode {
 #[derive(Clone)]
 pub struct RedisConfig {
     pub(crate) url: String,
+    /// Seed nodes of a Redis Cluster; empty for one server.
+    pub(crate) nodes: Vec<String>,
     pub(crate) prefix: String,
     pub(crate) mode: SubscribeMode,
     pub(crate) publish_timeout: Duration,
@@ -150,6 +158,7 @@ impl RedisConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            nodes: Vec::new(),
             prefix: "tower-sse".to_owned(),
             mode: SubscribeMode::Interest,
             publish_timeout: Duration::from_secs(5),
@@ -165,6 +174,75 @@ impl RedisConfig {
             idempotency_ttl: Duration::from_secs(120),
             notification_backlog: 8_192,
         }
+    }
+
+    /// A configuration for a Redis Cluster (Redis 7 or later), reached through `nodes`: URLs of
+    /// some of its primaries, from which the bus learns the rest. The defaults are those of
+    /// [`new`](Self::new). Pass it to [`Builder::redis_pubsub`] or [`Builder::redis_streams`]
+    /// as for one server.
+    ///
+    /// # How it differs from one server
+    ///
+    /// - **Sharded pub/sub.** Each topic's channel lives on the shard that owns the topic's
+    ///   slot (`SPUBLISH`/`SSUBSCRIBE`), so adding shards adds throughput; classic pub/sub on a
+    ///   cluster would copy every message to every node. Each topic's keys and channel share a
+    ///   hash tag, `{prefix}:{TOPIC}:...`, so one script numbers, stores and announces an event
+    ///   on one shard. The prefix must not contain `{` or `}`.
+    /// - **Ids per topic.** Each topic is numbered on its own shard, so ids are `EPOCH-SEQ` of
+    ///   their topic. A stream of several topics cannot resume from one of them: its cursor is
+    ///   one id per topic, comma-separated in the order of the sorted topics (see
+    ///   [`Cursor`](crate::Cursor)), and the stream writes it as the `id:` of every event, so
+    ///   browsers resume it with `Last-Event-ID` as usual. Events of one topic arrive in order;
+    ///   events of different topics in the order this instance heard them.
+    /// - **No pattern mode.** Sharded pub/sub has no pattern form, so
+    ///   [`SubscribeMode::Pattern`] is refused: an instance listens to the topics its clients
+    ///   follow. An application that wants every event (an audit log, say) subscribes to the
+    ///   topics it knows, or uses a topic of its own that publishers also write to.
+    /// - **Connections.** One multiplexed connection per node the bus talks to, for publishing
+    ///   and listening alike, however many topics are followed.
+    /// - **Topology changes.** When a slot moves or a primary fails over, the shard tells its
+    ///   subscribers, or their connection drops; the bus subscribes each affected topic again
+    ///   on the slot's new owner and reads the topic's counter. With Streams it then reads the
+    ///   events it missed from the topic's stream, so subscribers lose nothing; with Pub/Sub
+    ///   they get a [`Message::Gap`](crate::Message::Gap). Because each topic is numbered on
+    ///   its own, a Pub/Sub subscriber is also told of a gap as soon as a number is skipped.
+    /// - **State expires.** A topic's counter (and, with Streams, its stream) expires
+    ///   [`stream_idle_ttl`](Self::stream_idle_ttl) after its last event, so per-user topics
+    ///   cost nothing once idle. A topic that is published again after that starts a new epoch:
+    ///   its subscribers get a [`GapReason::HistoryLost`](crate::GapReason::HistoryLost) gap,
+    ///   and older ids are reset.
+    /// - While the cluster is unreachable, publishing fails with
+    ///   [`BusError::is_unavailable`] for Pub/Sub too (there is no local-only delivery).
+    ///
+    /// Redis replicates to replicas asynchronously: a primary that fails right after
+    /// acknowledging a publish can lose that event, as with any Redis deployment.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use tower_sse::{EventBus, RedisConfig};
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), tower_sse::BusError> {
+    /// let config = RedisConfig::cluster(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]);
+    /// let bus = EventBus::builder().redis_streams(config).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn cluster<I>(nodes: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let nodes: Vec<String> = nodes.into_iter().map(Into::into).collect();
+        let mut config = Self::new(nodes.first().cloned().unwrap_or_default());
+        config.nodes = nodes;
+        config
+    }
+
+    /// Whether this configuration is for a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        !self.nodes.is_empty()
     }
 
     /// The prefix of every channel and key the bus uses (default `tower-sse`). Instances share
@@ -291,8 +369,10 @@ impl RedisConfig {
 
 impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nodes: Vec<String> = self.nodes.iter().map(|url| redacted_url(url)).collect();
         f.debug_struct("RedisConfig")
             .field("url", &redacted_url(&self.url))
+            .field("cluster", &nodes)
             .field("prefix", &self.prefix)
             .field("mode", &self.mode)
             .field("publish_timeout", &self.publish_timeout)
@@ -405,6 +485,10 @@ impl Builder {
     /// ```
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub async fn redis_pubsub(self, config: RedisConfig) -> Result<EventBus, BusError> {
+        if config.is_cluster() {
+            let backend = cluster::RedisCluster::connect(config, Kind::PubSub, self.limits).await?;
+            return Ok(EventBus::from_backend(Box::new(backend), &self));
+        }
         let backend = pubsub::RedisPubSub::connect(config, self.limits).await?;
         Ok(EventBus::from_backend(Box::new(backend), &self))
     }
@@ -504,6 +588,11 @@ impl Builder {
     /// ```
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub async fn redis_streams(self, config: RedisConfig) -> Result<EventBus, BusError> {
+        if config.is_cluster() {
+            let backend =
+                cluster::RedisCluster::connect(config, Kind::Streams, self.limits).await?;
+            return Ok(EventBus::from_backend(Box::new(backend), &self));
+        }
         let backend = streams::RedisStreams::connect(config, self.limits).await?;
         Ok(EventBus::from_backend(Box::new(backend), &self))
     }
