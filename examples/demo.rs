@@ -138,7 +138,10 @@ fn parse_options(mut args: impl Iterator<Item = String>) -> Result<Options, Stri
         Backend::Memory
     });
     if backend != Backend::Memory && !redis_given {
-        return Err("--backend pubsub and streams need --redis URL (or REDIS_URL)".to_owned());
+        return Err(
+            "--backend pubsub and streams need --redis URL (or REDIS_URL) or --redis-cluster"
+                .to_owned(),
+        );
     }
     Ok(Options {
         listen,
@@ -161,20 +164,24 @@ fn number(name: &str, value: &str) -> Result<usize, String> {
 
 async fn build_bus(options: &Options) -> Result<EventBus, String> {
     let builder = EventBus::builder().max_event_bytes(options.max_event_bytes);
-    if options.redis_cluster.is_some() {
-        return Err("--redis-cluster is not supported by this build yet".to_owned());
-    }
-    match (options.backend, &options.redis) {
+    let config = match (&options.redis_cluster, &options.redis) {
+        (Some(nodes), _) => Some(RedisConfig::cluster(nodes.clone()).mode(options.redis_mode)),
+        (None, Some(url)) => Some(RedisConfig::new(url.clone()).mode(options.redis_mode)),
+        (None, None) => None,
+    };
+    match (options.backend, config) {
         (Backend::Memory, _) => Ok(builder.memory()),
-        (Backend::PubSub, Some(url)) => builder
-            .redis_pubsub(RedisConfig::new(url.clone()).mode(options.redis_mode))
+        (Backend::PubSub, Some(config)) => builder
+            .redis_pubsub(config)
             .await
             .map_err(|e| e.to_string()),
-        (Backend::Streams, Some(url)) => builder
-            .redis_streams(RedisConfig::new(url.clone()))
+        (Backend::Streams, Some(config)) => builder
+            .redis_streams(config)
             .await
             .map_err(|e| e.to_string()),
-        (_, None) => Err("--backend pubsub and streams need --redis URL".to_owned()),
+        (_, None) => {
+            Err("--backend pubsub and streams need --redis URL or --redis-cluster".to_owned())
+        }
     }
 }
 
