@@ -46,7 +46,10 @@ use std::{
 use ::redis::{
     cluster::ClusterClientBuilder,
     cluster_async::ClusterConnection,
-    cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo},
+    cluster_routing::{
+        MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo, SingleNodeRoutingInfo,
+        SlotAddr,
+    },
     ProtocolVersion, PushInfo, PushKind, RedisResult, Script, Value,
 };
 use bytes::Bytes;
@@ -57,7 +60,7 @@ use tokio::{
 
 use super::{
     connection::{backoff, frame_id, parse_state, sleep_until},
-    envelope, RedisConfig, SubscribeMode, IDEMPOTENCY_KEY,
+    envelope, replicated, RedisConfig, SubscribeMode, IDEMPOTENCY_KEY,
 };
 use crate::{
     bus::{
@@ -85,6 +88,20 @@ pub(crate) enum Kind {
 const STATE_SCRIPT: &str = r"
 if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1]) == 1 then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+local state = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
+return {state[1], state[2] or '0'}
+";
+
+/// Starts a new epoch for a topic whose counter went back (a failover lost events the old
+/// primary had acknowledged), unless another instance did already.
+///
+/// KEYS: 1 the state. ARGV: 1 the epoch that went back, 2 the new epoch, 3 the idle TTL (ms).
+/// Returns the epoch and last sequence number, as [`STATE_SCRIPT`] does.
+const NEW_EPOCH_SCRIPT: &str = r"
+if redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
 end
 local state = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
 return {state[1], state[2] or '0'}
@@ -162,9 +179,11 @@ redis.call('SPUBLISH', ARGV[2], frame)
 return {epoch, seq, 0}
 ";
 
-/// How often the bus pings every primary (a node that hangs without closing its connection,
-/// or pushes that never came, are noticed this way).
-const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the bus checks every primary: that it answers, and that the connection to it
+/// still holds the subscriptions this instance made (a node that hangs without closing its
+/// connection, a connection replaced without notice, or pushes that never came, are noticed
+/// this way).
+const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The most lanes syncing at once (each sync is a few requests).
 const MAX_SYNCS: usize = 64;
@@ -191,6 +210,8 @@ pub(crate) struct RedisCluster {
     max_len: usize,
     max_age: Duration,
     idempotency_ttl: Duration,
+    replicas: usize,
+    replica_timeout: Duration,
 }
 
 /// What the backend, the lanes' tasks and the push callback share.
@@ -205,6 +226,7 @@ struct Core {
     backoff_max: Duration,
     idle_ttl: Duration,
     state_script: Script,
+    new_epoch_script: Script,
     syncs: Semaphore,
     /// Stream entries that resumes may hold while reading (Streams).
     replay_budget: Arc<Semaphore>,
@@ -237,6 +259,11 @@ struct LaneState {
     epoch: Option<u32>,
     /// The last sequence number delivered to the hub (or known to be lost).
     delivered: u64,
+    /// The epoch this lane left because the topic's counter went back: its late messages are
+    /// dropped.
+    abandoned: Option<u32>,
+    /// A live message was numbered at or below `delivered`: the counter went back.
+    rewound: bool,
     /// Messages held back until a sync is over; `Some` from the moment one is due.
     held: Option<Held>,
     /// Whether a sync task runs.
@@ -388,6 +415,7 @@ impl RedisCluster {
             backoff_max: config.backoff_max,
             idle_ttl: config.stream_idle_ttl.max(config.stream_max_age),
             state_script: Script::new(STATE_SCRIPT),
+            new_epoch_script: Script::new(NEW_EPOCH_SCRIPT),
             syncs: Semaphore::new(MAX_SYNCS),
             replay_budget: Arc::new(Semaphore::new(budget)),
             replay_page: PAGE.min(budget),
@@ -414,6 +442,8 @@ impl RedisCluster {
             max_len: config.stream_max_len,
             max_age: config.stream_max_age,
             idempotency_ttl: config.idempotency_ttl,
+            replicas: config.replicas,
+            replica_timeout: config.replica_timeout,
         })
     }
 
@@ -423,6 +453,7 @@ impl RedisCluster {
         let mut invocation = self.publish_script.prepare_invoke();
         invocation.key(names.state(&topic));
         let epoch = format!("{:08x}", random_u32());
+        let remember = self.core.kind == Kind::Streams && !self.idempotency_ttl.is_zero();
         match self.core.kind {
             Kind::PubSub => {
                 invocation
@@ -433,10 +464,14 @@ impl RedisCluster {
                     .arg(millis(self.core.idle_ttl));
             }
             Kind::Streams => {
-                let remember = !self.idempotency_ttl.is_zero();
                 let key = IDEMPOTENCY_KEY
                     .try_with(Clone::clone)
                     .unwrap_or_else(|_| format!("{:016x}{:016x}", random_u64(), random_u64()));
+                let remember_secs = if remember {
+                    self.idempotency_ttl.as_millis().div_ceil(1000)
+                } else {
+                    0
+                };
                 invocation
                     .key(names.stream(&topic))
                     .key(names.key(&topic, &format!("i:{key}")))
@@ -447,19 +482,12 @@ impl RedisCluster {
                     .arg(self.max_len)
                     .arg(millis(self.max_age))
                     .arg(millis(self.core.idle_ttl))
-                    .arg(if remember {
-                        self.idempotency_ttl.as_secs().max(1)
-                    } else {
-                        0
-                    });
+                    .arg(remember_secs);
             }
         }
-        // With an idempotency key a second attempt cannot store the event twice.
-        let attempts = if self.core.kind == Kind::Streams {
-            2
-        } else {
-            1
-        };
+        // With the key remembered, a publish whose answer did not come is sent once more: if the
+        // first one ran after all, the second finds the key and answers with its id.
+        let attempts = if remember { 2 } else { 1 };
         let mut last = BusError::new(BusErrorKind::Timeout);
         for _ in 0..attempts {
             let mut conn = self.core.conn.clone();
@@ -487,13 +515,25 @@ impl RedisCluster {
                 [epoch, seq, ..] => parse_state(epoch, seq),
                 _ => None,
             };
-            return match state {
-                Some((epoch, seq)) => Ok(Published::new(EventId::new(epoch, seq), false)),
-                None => Err(unavailable(format!(
+            let Some((epoch, seq)) = state else {
+                return Err(unavailable(format!(
                     "unexpected content in the Redis key {}",
                     names.state(&topic)
-                ))),
+                )));
             };
+            if self.core.kind == Kind::Streams && self.replicas > 0 {
+                // On the connection the script ran on: the topic's primary.
+                let route = Route::with_key(names.state(&topic), SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                let mut wait = ::redis::cmd("WAIT");
+                wait.arg(self.replicas).arg(millis(self.replica_timeout));
+                let waiting = async {
+                    let reply = conn.route_command(wait, routing).await?;
+                    ::redis::from_redis_value::<i64>(reply).map_err(::redis::RedisError::from)
+                };
+                replicated(self.publish_timeout, self.replicas, waiting).await?;
+            }
+            return Ok(Published::new(EventId::new(epoch, seq), false));
         }
         Err(last)
     }
@@ -664,7 +704,7 @@ impl Core {
             held.hold(payload);
             return;
         }
-        if let Err(payload) = self.accept(&lane, &mut state, payload) {
+        if let Err(payload) = self.accept(&lane, &mut state, payload, true) {
             let mut held = Held::default();
             held.hold(payload);
             state.held = Some(held);
@@ -673,18 +713,33 @@ impl Core {
     }
 
     /// Delivers a message that follows what the lane delivered; gives it back when a sync must
-    /// come first (another epoch, or on Streams, a skipped number).
-    fn accept(&self, lane: &Lane, state: &mut LaneState, payload: Bytes) -> Result<(), Bytes> {
+    /// come first (another epoch, on Streams a skipped number, or a `live` message numbered at
+    /// or below the last one delivered: the counter went back). Messages held during a sync
+    /// are not `live`: the sync may have read them from the stream already.
+    fn accept(
+        &self,
+        lane: &Lane,
+        state: &mut LaneState,
+        payload: Bytes,
+        live: bool,
+    ) -> Result<(), Bytes> {
         let (meta, frame) = envelope::open(payload.clone());
         let Some(id) = frame_id(&frame) else {
             tracing::debug!(topic = %lane.topic, "ignoring a message that is not an event frame");
             return Ok(());
         };
+        if state.abandoned == Some(id.epoch()) {
+            return Ok(());
+        }
         if state.epoch != Some(id.epoch()) {
             return Err(payload);
         }
         let seq = id.sequence();
         if seq <= state.delivered {
+            if live {
+                state.rewound = true;
+                return Err(payload);
+            }
             return Ok(());
         }
         if seq > state.delivered + 1 {
@@ -809,7 +864,20 @@ impl Core {
         let mut conn = self.conn.clone();
         self.request("SSUBSCRIBE", conn.ssubscribe(&channel))
             .await?;
-        let (epoch, seq) = self.read_state(&lane.topic).await?;
+        let (mut epoch, mut seq) = self.read_state(&lane.topic).await?;
+        let went_back = {
+            let mut state = lock(&lane.state);
+            let rewound = std::mem::take(&mut state.rewound);
+            state.epoch == Some(epoch) && (rewound || seq < state.delivered)
+        };
+        if went_back {
+            tracing::warn!(
+                topic = %lane.topic,
+                counter = seq,
+                "the topic's counter went back (a failover lost events); starting a new epoch"
+            );
+            (epoch, seq) = self.start_epoch(&lane.topic, epoch).await?;
+        }
 
         let from = {
             let mut state = lock(&lane.state);
@@ -823,7 +891,11 @@ impl Core {
                     None
                 }
                 Some(known) if known != epoch => {
-                    // The topic's state expired or was lost: a new history.
+                    // The topic's state expired or was lost, or its counter went back: a new
+                    // history.
+                    if went_back {
+                        state.abandoned = Some(known);
+                    }
                     state.epoch = Some(epoch);
                     match self.kind {
                         Kind::PubSub => {
@@ -865,7 +937,7 @@ impl Core {
         }
         let mut messages = held.messages.into_iter();
         while let Some(payload) = messages.next() {
-            if let Err(payload) = self.accept(lane, &mut state, payload) {
+            if let Err(payload) = self.accept(lane, &mut state, payload, false) {
                 if lenient {
                     tracing::debug!(topic = %lane.topic, "dropping a message that does not follow the topic's events");
                     continue;
@@ -964,6 +1036,32 @@ impl Core {
         let (epoch, seq): (String, String) = self
             .request(
                 "reading a topic's state",
+                invocation.invoke_async(&mut conn),
+            )
+            .await?;
+        parse_state(&epoch, &seq).ok_or_else(|| {
+            format!(
+                "unexpected content in the Redis key {}",
+                self.names.state(topic)
+            )
+        })
+    }
+
+    /// Replaces the topic's epoch `stale` with a new one (see [`NEW_EPOCH_SCRIPT`]).
+    async fn start_epoch(&self, topic: &Topic, stale: u32) -> Result<(u32, u64), String> {
+        let fresh = std::iter::repeat_with(random_u32)
+            .find(|&e| e != stale)
+            .expect("an endless iterator");
+        let mut invocation = self.new_epoch_script.prepare_invoke();
+        invocation
+            .key(self.names.state(topic))
+            .arg(format!("{stale:08x}"))
+            .arg(format!("{fresh:08x}"))
+            .arg(millis(self.idle_ttl));
+        let mut conn = self.conn.clone();
+        let (epoch, seq): (String, String) = self
+            .request(
+                "starting a topic's epoch",
                 invocation.invoke_async(&mut conn),
             )
             .await?;
@@ -1148,6 +1246,34 @@ impl Core {
             .map(drop)
     }
 
+    /// How many sharded channels this instance's connections to the primaries are subscribed
+    /// to (`ssub` of `CLIENT INFO`, summed); fails unless every primary answers.
+    async fn subscriptions(&self) -> Result<usize, String> {
+        let mut conn = self.conn.clone();
+        let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+        let mut command = ::redis::cmd("CLIENT");
+        command.arg("INFO");
+        let reply = self
+            .request("CLIENT INFO", conn.route_command(command, routing))
+            .await?;
+        let replies: Vec<Value> = match reply {
+            Value::Map(pairs) => pairs.into_iter().map(|(_node, reply)| reply).collect(),
+            other => vec![other],
+        };
+        let mut total = 0;
+        for reply in replies {
+            let info = match reply {
+                Value::BulkString(text) => text,
+                Value::VerbatimString { text, .. } => text.into_bytes(),
+                Value::ServerError(e) => return Err(format!("CLIENT INFO failed: {e:?}")),
+                other => return Err(format!("unexpected reply to CLIENT INFO: {other:?}")),
+            };
+            total += sharded_subscriptions(&info)
+                .ok_or_else(|| "CLIENT INFO did not say how many channels".to_owned())?;
+        }
+        Ok(total)
+    }
+
     /// Records whether the lane's last sync attempt failed, and why.
     fn set_failing(&self, state: &mut LaneState, reason: Option<String>) {
         match (state.failing, reason) {
@@ -1215,8 +1341,8 @@ impl Janitor {
     }
 
     async fn run(mut self) {
-        let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut check = tokio::time::interval_at(Instant::now() + CHECK_INTERVAL, CHECK_INTERVAL);
+        check.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let next = self.idle.values().min().copied();
             tokio::select! {
@@ -1227,7 +1353,7 @@ impl Janitor {
                     Some(Chore::Close) | None => break,
                 },
                 () = sleep_until(next) => self.drop_idle().await,
-                _ = ping.tick() => self.ping().await,
+                _ = check.tick() => self.check().await,
             }
         }
         if let Some(core) = self.core.upgrade() {
@@ -1269,18 +1395,36 @@ impl Janitor {
         }
     }
 
-    async fn ping(&mut self) {
+    /// Checks the primaries, and syncs every lane when they answer again after failing, or
+    /// when they hold fewer of this instance's subscriptions than it has synced lanes.
+    async fn check(&mut self) {
         let Some(core) = self.core.upgrade() else {
             return;
         };
-        match core.ping().await {
-            Ok(()) if self.down => {
+        // Counted first: a lane synced before the question is subscribed when it is asked.
+        let expected = lock(&core.lanes)
+            .values()
+            .filter(|lane| {
+                let state = lock(&lane.state);
+                !state.syncing && !state.removed && state.epoch.is_some()
+            })
+            .count();
+        match core.subscriptions().await {
+            Ok(_) if self.down => {
                 self.down = false;
                 *lock(&core.unreachable) = None;
                 // Pushes may have been lost with the connection that failed.
                 core.resync_all();
             }
-            Ok(()) => {}
+            Ok(held) if held < expected => {
+                tracing::debug!(
+                    held,
+                    expected,
+                    "the cluster holds fewer subscriptions than expected; syncing every topic"
+                );
+                core.resync_all();
+            }
+            Ok(_) => {}
             Err(reason) => {
                 if !self.down {
                     tracing::warn!(%reason, "the Redis Cluster does not answer");
@@ -1350,6 +1494,15 @@ fn parse_entries(reply: Value) -> Option<Vec<(u64, Bytes)>> {
     Some(out)
 }
 
+/// The `ssub=` count of a `CLIENT INFO` line.
+fn sharded_subscriptions(info: &[u8]) -> Option<usize> {
+    let info = std::str::from_utf8(info).ok()?;
+    info.split_ascii_whitespace()
+        .find_map(|field| field.strip_prefix("ssub="))?
+        .parse()
+        .ok()
+}
+
 fn unavailable(reason: impl Into<String>) -> BusError {
     BusError::new(BusErrorKind::Unavailable(reason.into()))
 }
@@ -1379,6 +1532,13 @@ mod tests {
         assert_eq!(names.topic_of(b"app:{org:orders}:t"), None);
         assert_eq!(names.topic_of(b"other:{x}:n"), None);
         assert_eq!(names.topic_of(b"app:{bad topic}:n"), None);
+    }
+
+    #[test]
+    fn client_info() {
+        let info = b"id=3 addr=127.0.0.1:1 flags=P db=0 sub=0 psub=0 ssub=12 multi=-1\n";
+        assert_eq!(sharded_subscriptions(info), Some(12));
+        assert_eq!(sharded_subscriptions(b"id=3 sub=1"), None);
     }
 
     #[test]

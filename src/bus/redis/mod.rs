@@ -147,6 +147,8 @@ pub struct RedisConfig {
     pub(crate) replay_wait: Duration,
     pub(crate) idempotency_ttl: Duration,
     pub(crate) notification_backlog: usize,
+    pub(crate) replicas: usize,
+    pub(crate) replica_timeout: Duration,
 }
 
 impl RedisConfig {
@@ -173,6 +175,8 @@ impl RedisConfig {
             replay_wait: Duration::from_secs(2),
             idempotency_ttl: Duration::from_secs(120),
             notification_backlog: 8_192,
+            replicas: 0,
+            replica_timeout: Duration::from_millis(100),
         }
     }
 
@@ -367,6 +371,63 @@ impl RedisConfig {
     }
 }
 
+impl RedisConfig {
+    /// Streams: after each publish, wait until `replicas` replicas of the server (on a cluster,
+    /// of the topic's shard) hold the event, for at most `timeout` (Redis `WAIT`; default: no
+    /// waiting). A publish that enough replicas did not confirm in time fails with an error for
+    /// which [`BusError::is_timeout`] is true: the event is stored and announced, but a
+    /// failover could still lose it, so retry it with its idempotency key (see
+    /// [`with_idempotency_key`]), which answers with the same id once a replica has it.
+    ///
+    /// Redis replicates asynchronously, so without this a primary that fails right after a
+    /// publish can take the event with it, and the promoted replica numbers the next events
+    /// from where its copy ended. (On a cluster, an instance that notices a topic's counter
+    /// going back starts a new epoch for the topic, so ids are not reused and subscribers are
+    /// told of the lost history.) Waiting costs a round trip per publish. Ask for no more replicas than every shard has: with fewer, every publish
+    /// waits for the full timeout and fails.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_sse::RedisConfig;
+    ///
+    /// let config = RedisConfig::cluster(["redis://10.0.0.1:6379"])
+    ///     .wait_for_replicas(1, Duration::from_millis(50));
+    /// ```
+    pub fn wait_for_replicas(mut self, replicas: usize, timeout: Duration) -> Self {
+        self.replicas = replicas;
+        self.replica_timeout = timeout;
+        self
+    }
+}
+
+/// Awaits the reply to a `WAIT` for `wanted` replicas: fails unless enough confirmed.
+async fn replicated(
+    limit: Duration,
+    wanted: usize,
+    waiting: impl Future<Output = ::redis::RedisResult<i64>>,
+) -> Result<(), BusError> {
+    use crate::error::BusErrorKind;
+
+    match tokio::time::timeout(limit, waiting).await {
+        Ok(Ok(acked)) if usize::try_from(acked).is_ok_and(|n| n >= wanted) => Ok(()),
+        Ok(Ok(acked)) => {
+            tracing::debug!(
+                acked,
+                wanted,
+                "a publish was not confirmed by enough replicas"
+            );
+            Err(BusError::new(BusErrorKind::Timeout))
+        }
+        Ok(Err(e)) => Err(BusError::with_source(
+            BusErrorKind::Unavailable(format!("waiting for Redis replicas failed: {e}")),
+            e,
+        )),
+        Err(_elapsed) => Err(BusError::new(BusErrorKind::Timeout)),
+    }
+}
+
 impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let nodes: Vec<String> = self.nodes.iter().map(|url| redacted_url(url)).collect();
@@ -386,6 +447,8 @@ impl fmt::Debug for RedisConfig {
             .field("replay_wait", &self.replay_wait)
             .field("idempotency_ttl", &self.idempotency_ttl)
             .field("notification_backlog", &self.notification_backlog)
+            .field("replicas", &self.replicas)
+            .field("replica_timeout", &self.replica_timeout)
             .finish()
     }
 }

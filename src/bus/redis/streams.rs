@@ -84,7 +84,7 @@ use super::{
     connection::{frame_id, parse_state, read_state, state_script, Handle, Receiver, Shared},
     envelope::{self, Meta},
     replay::Replay,
-    RedisConfig, SubscribeMode, IDEMPOTENCY_KEY,
+    replicated, RedisConfig, SubscribeMode, IDEMPOTENCY_KEY,
 };
 use crate::{
     bus::{
@@ -212,6 +212,8 @@ pub(crate) struct RedisStreams {
     idempotency_ttl: Duration,
     max_len: usize,
     max_age: Duration,
+    replicas: usize,
+    replica_timeout: Duration,
 }
 
 /// What the backend, the pipeline and the replay reads share.
@@ -393,6 +395,8 @@ impl RedisStreams {
             state_script: state_script(),
             publish_timeout: config.publish_timeout,
             idempotency_ttl: config.idempotency_ttl,
+            replicas: config.replicas,
+            replica_timeout: config.replica_timeout,
             max_len: config.stream_max_len.max(1),
             max_age: config.stream_max_age,
         };
@@ -480,13 +484,19 @@ impl RedisStreams {
             .await;
             let error = match reply {
                 Ok(Ok((epoch, seq, _repeated))) => {
-                    return match parse_state(&epoch, &seq) {
-                        Some((epoch, seq)) => Ok(Published::new(EventId::new(epoch, seq), false)),
-                        None => Err(unavailable(format!(
+                    let Some((epoch, seq)) = parse_state(&epoch, &seq) else {
+                        return Err(unavailable(format!(
                             "unexpected content in the Redis key {}",
                             keys.state
-                        ))),
+                        )));
                     };
+                    if self.replicas > 0 {
+                        let mut wait = ::redis::cmd("WAIT");
+                        wait.arg(self.replicas).arg(millis(self.replica_timeout));
+                        let waiting = wait.query_async::<i64>(&mut conn);
+                        replicated(self.publish_timeout, self.replicas, waiting).await?;
+                    }
+                    return Ok(Published::new(EventId::new(epoch, seq), false));
                 }
                 Err(_elapsed) => BusError::new(BusErrorKind::Timeout),
                 Ok(Err(e)) => {
