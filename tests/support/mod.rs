@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod bus;
+pub(crate) mod cluster;
 pub(crate) mod demo;
 pub(crate) mod http;
 pub(crate) mod redis;
