@@ -576,3 +576,60 @@ async fn streams_a_counter_that_went_back_starts_a_new_epoch() {
 async fn pubsub_a_counter_that_went_back_starts_a_new_epoch() {
     a_counter_that_went_back_starts_a_new_epoch(Backend::PubSub).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_resume_past_the_retention_is_a_reset() {
+    let cluster = cluster_or_skip!(0);
+    let a = connect(&cluster, Backend::Streams).await;
+    let b = connect(&cluster, Backend::Streams).await;
+    let topic = "trimmed";
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(publish_retrying(&a, topic, format!("{i}")).await);
+    }
+    // Events 1 to 3 are gone from the stream, as trimming by count or age would do.
+    let owner = cluster.owner_of_slot(slot_of(topic));
+    let stream = format!("tower-sse:{{{topic}}}:s");
+    let minid = format!("{}-0", ids[3].sequence());
+    assert_eq!(
+        cluster.command(owner, &["XTRIM", &stream, "MINID", &minid]),
+        "3"
+    );
+
+    let cursor = ids[0].to_string();
+    let reset = b
+        .subscribe([topic], Some(&cursor))
+        .await
+        .expect("subscribe");
+    assert_eq!(
+        reset.status(),
+        ResumeStatus::Reset(tower_sse::ResetReason::HistoryExpired)
+    );
+    let cursor = ids[2].to_string();
+    let mut resumed = b.subscribe([topic], Some(&cursor)).await.expect("resume");
+    assert_eq!(resumed.status(), ResumeStatus::Resumed { replayed: 3 });
+    for id in &ids[3..] {
+        assert_eq!(next_event(&mut resumed).await.id(), *id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_nobody_follows_is_unsubscribed() {
+    let cluster = cluster_or_skip!(0);
+    let bus = connect(&cluster, Backend::PubSub).await;
+    let topic = "brief";
+    let owner = cluster.owner_of_slot(slot_of(topic));
+    let channel = format!("tower-sse:{{{topic}}}:t");
+    let subscribers = || cluster.command(owner, &["PUBSUB", "SHARDNUMSUB", &channel]);
+    let sub = bus.subscribe([topic], None).await.expect("subscribe");
+    assert_eq!(subscribers(), format!("{channel}\n1"));
+    assert_eq!(bus.stats().topics, 1);
+    drop(sub);
+    within("the channel to be released", async {
+        while subscribers() != format!("{channel}\n0") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(bus.stats().topics, 0);
+}

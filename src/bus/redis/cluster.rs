@@ -631,6 +631,8 @@ impl fmt::Debug for RedisCluster {
 
 impl Drop for RedisCluster {
     fn drop(&mut self) {
+        // Sync tasks retrying against an unreachable cluster stop too.
+        self.core.closed.store(true, Ordering::SeqCst);
         let _ = self.core.janitor.send(Chore::Close);
     }
 }
