@@ -50,7 +50,7 @@ use ::redis::{
         MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo, SingleNodeRoutingInfo,
         SlotAddr,
     },
-    ProtocolVersion, PushInfo, PushKind, RedisResult, Script, Value,
+    ProtocolVersion, PushInfo, PushKind, RedisResult, Script, ScriptInvocation, Value,
 };
 use bytes::Bytes;
 use tokio::{
@@ -59,7 +59,7 @@ use tokio::{
 };
 
 use super::{
-    connection::{backoff, frame_id, parse_state, sleep_until},
+    connection::{backoff, frame_id, parse_state, sleep_until, take_due, timed, Backlog},
     envelope, replicated, RedisConfig, SubscribeMode, IDEMPOTENCY_KEY,
 };
 use crate::{
@@ -276,27 +276,8 @@ struct LaneState {
     removed: bool,
 }
 
-#[derive(Default)]
-struct Held {
-    messages: Vec<Bytes>,
-    bytes: usize,
-    overflowed: bool,
-}
-
-impl Held {
-    fn hold(&mut self, payload: Bytes) {
-        if self.overflowed
-            || self.messages.len() >= MAX_HELD_MESSAGES
-            || self.bytes + payload.len() > MAX_HELD_BYTES
-        {
-            self.overflowed = true;
-            self.messages = Vec::new();
-            return;
-        }
-        self.bytes += payload.len();
-        self.messages.push(payload);
-    }
-}
+/// Messages held back while a lane syncs.
+type Held = Backlog<Bytes, MAX_HELD_MESSAGES, MAX_HELD_BYTES>;
 
 /// What the janitor task does.
 enum Chore {
@@ -705,12 +686,12 @@ impl Core {
         };
         let mut state = lock(&lane.state);
         if let Some(held) = &mut state.held {
-            held.hold(payload);
+            held.hold_bytes(payload);
             return;
         }
         if let Err(payload) = self.accept(&lane, &mut state, payload, true) {
             let mut held = Held::default();
-            held.hold(payload);
+            held.hold_bytes(payload);
             state.held = Some(held);
             self.start_sync(&lane, &mut state);
         }
@@ -947,8 +928,8 @@ impl Core {
                     continue;
                 }
                 let mut rest = Held::default();
-                rest.hold(payload);
-                messages.for_each(|p| rest.hold(p));
+                rest.hold_bytes(payload);
+                messages.for_each(|p| rest.hold_bytes(p));
                 state.held = Some(rest);
                 return Ok(false);
             }
@@ -1036,19 +1017,8 @@ impl Core {
             .key(self.names.state(topic))
             .arg(format!("{:08x}", random_u32()))
             .arg(millis(self.idle_ttl));
-        let mut conn = self.conn.clone();
-        let (epoch, seq): (String, String) = self
-            .request(
-                "reading a topic's state",
-                invocation.invoke_async(&mut conn),
-            )
-            .await?;
-        parse_state(&epoch, &seq).ok_or_else(|| {
-            format!(
-                "unexpected content in the Redis key {}",
-                self.names.state(topic)
-            )
-        })
+        self.state_request(topic, "reading a topic's state", invocation)
+            .await
     }
 
     /// Replaces the topic's epoch `stale` with a new one (see [`NEW_EPOCH_SCRIPT`]).
@@ -1062,12 +1032,20 @@ impl Core {
             .arg(format!("{stale:08x}"))
             .arg(format!("{fresh:08x}"))
             .arg(millis(self.idle_ttl));
+        self.state_request(topic, "starting a topic's epoch", invocation)
+            .await
+    }
+
+    /// Runs a script that answers with a topic's epoch and last sequence number.
+    async fn state_request(
+        &self,
+        topic: &Topic,
+        what: &str,
+        invocation: ScriptInvocation<'_>,
+    ) -> Result<(u32, u64), String> {
         let mut conn = self.conn.clone();
         let (epoch, seq): (String, String) = self
-            .request(
-                "starting a topic's epoch",
-                invocation.invoke_async(&mut conn),
-            )
+            .request(what, invocation.invoke_async(&mut conn))
             .await?;
         parse_state(&epoch, &seq).ok_or_else(|| {
             format!(
@@ -1312,14 +1290,7 @@ impl Core {
         what: &str,
         request: impl Future<Output = RedisResult<T>>,
     ) -> Result<T, String> {
-        match timeout(self.request_timeout, request).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(format!("{what} failed: {e}")),
-            Err(_elapsed) => Err(format!(
-                "the Redis Cluster did not answer {what} within {:?}",
-                self.request_timeout
-            )),
-        }
+        timed("the Redis Cluster", what, self.request_timeout, request).await
     }
 }
 
@@ -1373,15 +1344,7 @@ impl Janitor {
         let Some(core) = self.core.upgrade() else {
             return;
         };
-        let now = Instant::now();
-        let due: Vec<Topic> = self
-            .idle
-            .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(topic, _)| topic.clone())
-            .collect();
-        for topic in due {
-            self.idle.remove(&topic);
+        for topic in take_due(&mut self.idle) {
             let lane = {
                 let mut lanes = lock(&core.lanes);
                 let idle = lanes

@@ -102,26 +102,45 @@ const MAX_HELD_MESSAGES: usize = 8_192;
 const MAX_HELD_BYTES: usize = 64 << 20;
 
 /// Messages held back while a new connection is being set up.
-#[derive(Default)]
-struct Held {
-    messages: Vec<(Topic, Bytes)>,
+type Held = Backlog<(Topic, Bytes), MAX_HELD_MESSAGES, MAX_HELD_BYTES>;
+
+/// Messages held back until something is ready for them: at most `MESSAGES` of them and `BYTES`
+/// of payload. Past either, it drops them all and remembers that it did.
+pub(super) struct Backlog<T, const MESSAGES: usize, const BYTES: usize> {
+    pub(super) messages: Vec<T>,
     bytes: usize,
     /// Whether a message was dropped for lack of room.
-    overflowed: bool,
+    pub(super) overflowed: bool,
 }
 
-impl Held {
-    fn hold(&mut self, topic: Topic, payload: Bytes) {
-        if self.overflowed
-            || self.messages.len() >= MAX_HELD_MESSAGES
-            || self.bytes + payload.len() > MAX_HELD_BYTES
-        {
+impl<T, const MESSAGES: usize, const BYTES: usize> Default for Backlog<T, MESSAGES, BYTES> {
+    fn default() -> Self {
+        Self {
+            messages: Vec::new(),
+            bytes: 0,
+            overflowed: false,
+        }
+    }
+}
+
+impl<T, const MESSAGES: usize, const BYTES: usize> Backlog<T, MESSAGES, BYTES> {
+    /// Holds `message`, whose payload is `len` bytes long, if there is room.
+    pub(super) fn hold(&mut self, message: T, len: usize) {
+        if self.overflowed || self.messages.len() >= MESSAGES || self.bytes + len > BYTES {
             self.overflowed = true;
             self.messages = Vec::new();
             return;
         }
-        self.bytes += payload.len();
-        self.messages.push((topic, payload));
+        self.bytes += len;
+        self.messages.push(message);
+    }
+}
+
+impl<const MESSAGES: usize, const BYTES: usize> Backlog<Bytes, MESSAGES, BYTES> {
+    /// Holds a payload if there is room.
+    pub(super) fn hold_bytes(&mut self, payload: Bytes) {
+        let len = payload.len();
+        self.hold(payload, len);
     }
 }
 
@@ -308,7 +327,10 @@ impl Shared {
             return;
         }
         match &mut link.held {
-            Some(held) => held.hold(topic, payload),
+            Some(held) => {
+                let len = payload.len();
+                held.hold((topic, payload), len);
+            }
             None => receiver.message(topic, payload),
         }
     }
@@ -592,16 +614,7 @@ impl<R: Receiver> Supervisor<R> {
 
     /// Unsubscribes from the idle topics whose delay is over.
     async fn unsubscribe_idle(&mut self) -> Result<(), Interrupt> {
-        let now = Instant::now();
-        let due: Vec<Topic> = self
-            .idle
-            .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(topic, _)| topic.clone())
-            .collect();
-        for topic in &due {
-            self.idle.remove(topic);
-        }
+        let due = take_due(&mut self.idle);
         self.unsubscribe(due).await.map_err(Interrupt::Lost)
     }
 
@@ -841,14 +854,36 @@ impl<R: Receiver> Supervisor<R> {
         what: &str,
         request: impl Future<Output = RedisResult<T>>,
     ) -> Result<T, String> {
-        match timeout(self.request_timeout, request).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(format!("{what} failed: {e}")),
-            Err(_elapsed) => Err(format!(
-                "Redis did not answer {what} within {:?}",
-                self.request_timeout
-            )),
-        }
+        timed("Redis", what, self.request_timeout, request).await
+    }
+}
+
+/// Removes and returns the topics whose time has come.
+pub(super) fn take_due(idle: &mut HashMap<Topic, Instant>) -> Vec<Topic> {
+    let now = Instant::now();
+    let due: Vec<Topic> = idle
+        .iter()
+        .filter(|(_, at)| **at <= now)
+        .map(|(topic, _)| topic.clone())
+        .collect();
+    for topic in &due {
+        idle.remove(topic);
+    }
+    due
+}
+
+/// Runs `request` (`what`, for messages) for at most `limit`; a failure or timeout becomes a
+/// one-line reason naming `server`.
+pub(super) async fn timed<T>(
+    server: &str,
+    what: &str,
+    limit: Duration,
+    request: impl Future<Output = RedisResult<T>>,
+) -> Result<T, String> {
+    match timeout(limit, request).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(format!("{what} failed: {e}")),
+        Err(_elapsed) => Err(format!("{server} did not answer {what} within {limit:?}")),
     }
 }
 
