@@ -268,6 +268,8 @@ struct LaneState {
     held: Option<Held>,
     /// Whether a sync task runs.
     syncing: bool,
+    /// A sync was asked for while one ran: it goes another round.
+    again: bool,
     /// Whether the last sync attempt failed (counted in `Core::failing`).
     failing: bool,
     /// Local subscriptions.
@@ -278,6 +280,16 @@ struct LaneState {
 
 /// Messages held back while a lane syncs.
 type Held = Backlog<Bytes, MAX_HELD_MESSAGES, MAX_HELD_BYTES>;
+
+/// How a round of a lane's sync ended.
+enum Round {
+    /// The lane delivers live again.
+    Live,
+    /// Another round was asked for, or messages were dropped while holding them.
+    Again,
+    /// Held messages do not follow the events read.
+    Unfit,
+}
 
 /// What the janitor task does.
 enum Chore {
@@ -794,9 +806,14 @@ impl Core {
         }
     }
 
-    /// Spawns the lane's sync task unless it runs. The lane must hold its messages.
+    /// Spawns the lane's sync task, or when it runs, has it go another round. The lane must
+    /// hold its messages.
     fn start_sync(self: &Arc<Self>, lane: &Arc<Lane>, state: &mut LaneState) {
-        if state.syncing || state.removed {
+        if state.removed {
+            return;
+        }
+        if state.syncing {
+            state.again = true;
             return;
         }
         state.syncing = true;
@@ -824,8 +841,9 @@ impl Core {
             // topic's history (nothing but the scripts should publish on its channel).
             let lenient = rounds >= MAX_ROUNDS;
             match self.sync(&lane, lenient).await {
-                Ok(true) => return,
-                Ok(false) => {
+                Ok(Round::Live) => return,
+                Ok(Round::Again) => attempt = 0,
+                Ok(Round::Unfit) => {
                     attempt = 0;
                     rounds += 1;
                 }
@@ -842,9 +860,10 @@ impl Core {
     }
 
     /// One sync: subscribe, read the counter, catch up to it, then pass the held messages on.
-    /// `Ok(true)` when the lane is live again, `Ok(false)` when the held messages call for
-    /// another round.
-    async fn sync(&self, lane: &Arc<Lane>, lenient: bool) -> Result<bool, String> {
+    /// Says whether the lane is live again or needs another round.
+    async fn sync(&self, lane: &Arc<Lane>, lenient: bool) -> Result<Round, String> {
+        // This round answers every request made before it subscribes.
+        lock(&lane.state).again = false;
         let channel = self.names.channel(&lane.topic);
         let mut conn = self.conn.clone();
         self.request("SSUBSCRIBE", conn.ssubscribe(&channel))
@@ -915,10 +934,14 @@ impl Core {
         }
 
         let mut state = lock(&lane.state);
+        if std::mem::take(&mut state.again) {
+            // Asked for while this round ran (the slot may have moved after it subscribed).
+            return Ok(Round::Again);
+        }
         let held = state.held.take().unwrap_or_default();
         if held.overflowed {
             state.held = Some(Held::default());
-            return Ok(false);
+            return Ok(Round::Again);
         }
         let mut messages = held.messages.into_iter();
         while let Some(payload) = messages.next() {
@@ -931,14 +954,14 @@ impl Core {
                 rest.hold_bytes(payload);
                 messages.for_each(|p| rest.hold_bytes(p));
                 state.held = Some(rest);
-                return Ok(false);
+                return Ok(Round::Unfit);
             }
         }
         state.syncing = false;
         self.set_failing(&mut state, None);
         drop(state);
         lane.synced.send_modify(|n| *n += 1);
-        Ok(true)
+        Ok(Round::Live)
     }
 
     /// Streams: delivers the topic's events in `(from, until]` of `epoch` from its stream, with
