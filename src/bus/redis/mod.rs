@@ -197,7 +197,9 @@ impl RedisConfig {
     ///   one id per topic, comma-separated in the order of the sorted topics (see
     ///   [`Cursor`](crate::Cursor)), and the stream writes it as the `id:` of every event, so
     ///   browsers resume it with `Last-Event-ID` as usual. Events of one topic arrive in order;
-    ///   events of different topics in the order this instance heard them.
+    ///   events of different topics in the order this instance heard them. Writing that cursor
+    ///   costs such a stream a copy of each frame; streams of one topic share one buffer per
+    ///   event, as on one server.
     /// - **No pattern mode.** Sharded pub/sub has no pattern form, so
     ///   [`SubscribeMode::Pattern`] is refused: an instance listens to the topics its clients
     ///   follow. An application that wants every event (an audit log, say) subscribes to the
