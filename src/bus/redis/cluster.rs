@@ -546,8 +546,11 @@ impl RedisCluster {
             core: Arc::downgrade(&self.core),
             lanes: lanes.clone(),
         };
+        // One deadline for all: when the cluster is down, a stream of several topics waits
+        // no longer than one of one topic.
+        let deadline = Instant::now() + self.core.request_timeout;
         for lane in &lanes {
-            self.core.wait_listening(lane).await;
+            wait_listening(lane, deadline).await;
         }
         let cursors: Vec<Option<String>> = match (&resume, lanes.len()) {
             (None, _) => vec![None; lanes.len()],
@@ -779,14 +782,6 @@ impl Core {
         }
         drop(state);
         lane
-    }
-
-    /// Waits until the lane synced once, or for the request timeout (the cluster is down: the
-    /// subscription starts anyway and hears the topic once the sync succeeds).
-    async fn wait_listening(&self, lane: &Lane) {
-        let mut synced = lane.synced.subscribe();
-        let waiting = async { synced.wait_for(|&n| n > 0).await.map(drop) };
-        let _ = timeout(self.request_timeout, waiting).await;
     }
 
     /// Starts a sync of `lane`, holding its messages from now on.
@@ -1445,6 +1440,14 @@ impl Core {
             tracing::debug!(topic = %lane.topic, %reason, "unsubscribing failed");
         }
     }
+}
+
+/// Waits until the lane synced once, or until `deadline` (the cluster is down: the subscription
+/// starts anyway and hears the topic once the sync succeeds).
+async fn wait_listening(lane: &Lane, deadline: Instant) {
+    let mut synced = lane.synced.subscribe();
+    let waiting = async { synced.wait_for(|&n| n > 0).await.map(drop) };
+    let _ = tokio::time::timeout_at(deadline, waiting).await;
 }
 
 /// Parses an `XRANGE` reply into sequence numbers and frames.
