@@ -636,3 +636,64 @@ async fn a_topic_nobody_follows_is_unsubscribed() {
     .await;
     assert_eq!(bus.stats().topics, 0);
 }
+
+/// The whole cluster stops answering, then comes back: health says so both ways, a subscription
+/// made meanwhile goes ahead after the request timeout, and every subscription hears what is
+/// published afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_cluster_is_unhealthy_and_recovers() {
+    let cluster = Arc::new(cluster_or_skip!(0));
+    let timeout = Duration::from_millis(500);
+    let bus = within(
+        "connecting",
+        EventBus::builder().redis_streams(config(&cluster).publish_timeout(timeout)),
+    )
+    .await
+    .expect("connect");
+    let mut before = bus.subscribe(["before"], None).await.expect("subscribe");
+    let id = publish_retrying(&bus, "before", "0".into()).await;
+    assert_eq!(next_event(&mut before).await.id(), id);
+    assert!(bus.health().is_healthy());
+
+    let frozen = cluster.clone();
+    tokio::task::spawn_blocking(move || frozen.pause_all())
+        .await
+        .unwrap();
+    within("the bus to notice", async {
+        while bus.health().is_healthy() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let mut during = within("subscribing while the cluster is down", async {
+        bus.subscribe(["during"], None).await
+    })
+    .await
+    .expect("subscribing goes ahead");
+
+    let thawed = cluster.clone();
+    tokio::task::spawn_blocking(move || thawed.resume_all())
+        .await
+        .unwrap();
+    within("the bus to be healthy again", async {
+        while !bus.health().is_healthy() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let id = publish_retrying(&bus, "before", "1".into()).await;
+    assert_eq!(next_event(&mut before).await.id(), id);
+    let id = publish_retrying(&bus, "during", "1".into()).await;
+    // The subscription started before the topic's position could be read: it may be told of a
+    // gap first.
+    loop {
+        match next(&mut during).await {
+            Message::Gap(_) => continue,
+            Message::Event(event) => {
+                assert_eq!(event.id(), id);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

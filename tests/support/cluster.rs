@@ -317,6 +317,30 @@ impl RedisCluster {
         )
     }
 
+    /// Freezes every node (SIGSTOP): connections stay open, nothing is answered.
+    pub(crate) fn pause_all(&self) {
+        self.signal_all("-STOP");
+    }
+
+    /// Undoes [`pause_all`](Self::pause_all) and waits until the cluster is settled again.
+    pub(crate) fn resume_all(&self) {
+        self.signal_all("-CONT");
+        self.wait_for("the cluster to settle after a pause", |c| {
+            c.settled().map(drop)
+        });
+    }
+
+    fn signal_all(&self, signal: &str) {
+        for node in self.live() {
+            let pid = self.nodes[node].child.as_ref().expect("live").id();
+            let status = Command::new("kill")
+                .args([signal, &pid.to_string()])
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill {signal} {pid}");
+        }
+    }
+
     /// Indices of the live nodes that all live nodes see as primaries, in ascending order.
     pub(crate) fn primaries(&self) -> Vec<usize> {
         self.wait_for("the live nodes to agree on the primaries", |c| {
