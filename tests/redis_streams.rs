@@ -954,3 +954,18 @@ async fn losing_the_state_hash_starts_a_new_epoch() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn publishes_wait_for_replicas_when_asked() {
+    let server = redis_or_skip!();
+    // The server has no replica: asking for one, a publish is stored but not confirmed.
+    let bus = connect_with(config(&server).wait_for_replicas(1, Duration::from_millis(100))).await;
+    let error = within("publishing", bus.publish("replicated", Event::new("x")))
+        .await
+        .expect_err("no replica confirms");
+    assert!(error.is_timeout(), "{error}");
+    assert_eq!(xlen(&server, "replicated"), 1);
+    // Asking for none waits for nothing.
+    let bus = connect_with(config(&server).wait_for_replicas(0, Duration::from_millis(100))).await;
+    publish(&bus, "replicated", "y").await;
+}
