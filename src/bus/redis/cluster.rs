@@ -22,8 +22,11 @@
 //! topic's subscription. Messages are delivered to the lane's hub as they arrive, from the
 //! connection's push callback. A lane is *synced* (see [`Core::sync`]) when it starts, when the
 //! shard says the channel moved (`SUNSUBSCRIBE` pushed after a slot migration), when a
-//! connection drops (a failover, say), when a number is skipped on Streams, and when a ping of
-//! the cluster succeeds after failing. Syncing subscribes (`SSUBSCRIBE`, routed to the slot's
+//! connection drops (a failover, say), when a number is skipped on Streams, when a live message
+//! is numbered at or below the last one delivered (the counter went back: the lane starts a new
+//! epoch for the topic), and when the periodic check of the primaries finds them answering
+//! again after failing, or holding fewer of this instance's subscriptions than it has synced
+//! lanes. Syncing subscribes (`SSUBSCRIBE`, routed to the slot's
 //! current owner) and reads the counter; meanwhile the lane holds its messages back. With
 //! Streams it then reads the missed events from the stream; with Pub/Sub it tells subscribers
 //! of the gap. Then the held messages go on: nothing is delivered twice or out of order.
@@ -47,8 +50,7 @@ use ::redis::{
     cluster::ClusterClientBuilder,
     cluster_async::ClusterConnection,
     cluster_routing::{
-        MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo, SingleNodeRoutingInfo,
-        SlotAddr,
+        MultipleNodeRoutingInfo, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
     },
     ProtocolVersion, PushInfo, PushKind, RedisResult, Script, ScriptInvocation, Value,
 };
@@ -239,7 +241,7 @@ struct Core {
     failing: AtomicUsize,
     /// Why the cluster is unhealthy, while it is.
     problem: Mutex<Option<String>>,
-    /// Whether the last ping of the primaries failed, and why.
+    /// Why the last check of the primaries failed, while it does.
     unreachable: Mutex<Option<String>>,
     closed: AtomicBool,
 }
@@ -423,7 +425,7 @@ impl RedisCluster {
         });
         let _ = slot.set(Arc::downgrade(&core));
         // A cluster that answers the connection but not commands is not usable.
-        core.ping().await.map_err(unavailable)?;
+        core.subscriptions().await.map_err(unavailable)?;
         tokio::spawn(Janitor::new(&core, chores, config.unsubscribe_delay).run());
         tracing::info!(nodes = %seeds, ?kind, "connected to the Redis Cluster");
         Ok(Self {
@@ -1234,18 +1236,6 @@ impl Core {
         Ok((cursor >= until).then_some(items))
     }
 
-    /// Pings every primary.
-    async fn ping(&self) -> Result<(), String> {
-        let mut conn = self.conn.clone();
-        let routing = RoutingInfo::MultiNode((
-            MultipleNodeRoutingInfo::AllMasters,
-            Some(ResponsePolicy::AllSucceeded),
-        ));
-        self.request("PING", conn.route_command(::redis::cmd("PING"), routing))
-            .await
-            .map(drop)
-    }
-
     /// How many sharded channels this instance's connections to the primaries are subscribed
     /// to (`ssub` of `CLIENT INFO`, summed); fails unless every primary answers.
     async fn subscriptions(&self) -> Result<usize, String> {
@@ -1312,14 +1302,12 @@ impl Core {
     }
 }
 
-/// The task that unsubscribes from topics nobody follows any more, and pings the cluster.
+/// The task that unsubscribes from topics nobody follows any more, and checks the cluster.
 struct Janitor {
     core: Weak<Core>,
     chores: mpsc::UnboundedReceiver<Chore>,
     delay: Duration,
     idle: HashMap<Topic, Instant>,
-    /// Whether the last ping failed.
-    down: bool,
 }
 
 impl Janitor {
@@ -1329,7 +1317,6 @@ impl Janitor {
             chores,
             delay,
             idle: HashMap::new(),
-            down: false,
         }
     }
 
@@ -1394,9 +1381,10 @@ impl Janitor {
                 !state.syncing && !state.removed && state.epoch.is_some()
             })
             .count();
-        match core.subscriptions().await {
-            Ok(_) if self.down => {
-                self.down = false;
+        let answer = core.subscriptions().await;
+        let was_down = lock(&core.unreachable).is_some();
+        match answer {
+            Ok(_) if was_down => {
                 *lock(&core.unreachable) = None;
                 // Pushes may have been lost with the connection that failed.
                 core.resync_all();
@@ -1411,10 +1399,9 @@ impl Janitor {
             }
             Ok(_) => {}
             Err(reason) => {
-                if !self.down {
+                if !was_down {
                     tracing::warn!(%reason, "the Redis Cluster does not answer");
                 }
-                self.down = true;
                 *lock(&core.unreachable) = Some(reason);
             }
         }
