@@ -139,22 +139,17 @@ impl Cursor {
             .collect::<Option<Vec<EventId>>>()?;
         (ids.len() == n).then_some(ids)
     }
+}
 
-    /// Writes the cursor to `out` as it goes on the wire.
-    pub(crate) fn write_to(&self, out: &mut impl fmt::Write) -> fmt::Result {
-        match &self.0 {
-            Position::One(id) => write!(out, "{id}"),
-            Position::PerTopic(ids) => {
-                for (i, id) in ids.iter().enumerate() {
-                    if i > 0 {
-                        out.write_char(',')?;
-                    }
-                    write!(out, "{id}")?;
-                }
-                Ok(())
-            }
+/// Writes a cursor of one position per topic, as it goes on the wire, without building one.
+pub(crate) fn write_per_topic(ids: &[EventId], out: &mut impl fmt::Write) -> fmt::Result {
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            out.write_char(',')?;
         }
+        write!(out, "{id}")?;
     }
+    Ok(())
 }
 
 impl From<EventId> for Cursor {
@@ -165,7 +160,10 @@ impl From<EventId> for Cursor {
 
 impl fmt::Display for Cursor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.write_to(f)
+        match &self.0 {
+            Position::One(id) => write!(f, "{id}"),
+            Position::PerTopic(ids) => write_per_topic(ids, f),
+        }
     }
 }
 

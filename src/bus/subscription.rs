@@ -15,7 +15,7 @@ use super::{
     queue::{End, Item, Queue},
     GapReason, ResumeStatus, Topic,
 };
-use crate::last_event_id::{Cursor, EventId};
+use crate::last_event_id::{write_per_topic, Cursor, EventId};
 
 /// How many queued items one poll moves out of the shared queue (one lock per batch).
 const DRAIN_BATCH: usize = 64;
@@ -340,14 +340,11 @@ fn with_cursor(frame: &[u8], cursor: &[EventId]) -> Bytes {
     } else {
         frame.strip_suffix(b"\n").unwrap_or(frame)
     };
-    let mut id = String::with_capacity(cursor.len() * 24);
-    Cursor::per_topic(cursor)
-        .write_to(&mut id)
-        .expect("writing to a String");
-    let mut out = BytesMut::with_capacity(body.len() + id.len() + 6);
+    // One buffer per frame: an id is at most 29 bytes, and a comma separates two.
+    let mut out = BytesMut::with_capacity(body.len() + 6 + cursor.len() * 30);
     out.put_slice(body);
     out.put_slice(b"id: ");
-    out.put_slice(id.as_bytes());
+    write_per_topic(cursor, &mut out).expect("writing to a buffer that grows");
     out.put_slice(b"\n\n");
     out.freeze()
 }
