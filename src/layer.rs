@@ -75,6 +75,16 @@ impl SseLayer {
         self
     }
 
+    /// Sets the streams' write timeout: a stream whose client takes no event for `timeout`
+    /// while events wait ends and releases what it held (see [`EventStream::write_timeout`]).
+    /// Default: the bus's stall timeout, 30 s.
+    ///
+    /// [`EventStream::write_timeout`]: crate::EventStream::write_timeout
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.route.stream.write_timeout = Some(timeout);
+        self
+    }
+
     /// Sets the reconnection delay sent to clients, and the random extra delay added to it so
     /// clients do not all reconnect at once. Default: 3 seconds plus up to 2 seconds.
     pub fn retry(mut self, retry: Option<Duration>, jitter: Duration) -> Self {

@@ -14,12 +14,15 @@
 //! | `sse_events_published_local_only_total` | counter | | of those, events that reached only this instance's subscribers because the broker was unreachable |
 //! | `sse_events_delivered_total` | counter | | events written to event streams |
 //! | `sse_delivery_latency_seconds` | histogram | | per write to a stream, how long its oldest event took from its publish, on whichever instance, to being written (across machines this relies on their clocks agreeing; a publish time more than a minute off is replaced by the time the event reached this instance) |
-//! | `sse_events_dropped_total` | counter | | events discarded from the queues of subscribers disconnected for falling behind |
-//! | `sse_slow_consumer_disconnects_total` | counter | | subscribers disconnected for falling behind |
+//! | `sse_events_dropped_total` | counter | | events discarded from the queues of subscribers disconnected for falling behind or stalling |
+//! | `sse_slow_consumer_disconnects_total` | counter | `reason`: `lagged` (past the queue's bounds, or a backlog while the bus held more than its budget), `stalled` (took nothing for the stall timeout) | subscribers disconnected |
+//! | `sse_history_evictions_total` | counter | | events that left history for its bounds (count, bytes, age, the bound across topics) |
+//! | `sse_replays_refused_total` | counter | | resumes refused because their replay did not fit in the replay budget in time |
 //! | `sse_redis_reconnects_total` | counter | | times a Redis backend got its lost connection back |
 //! | `sse_topics` | gauge | | topics with subscribers or history ([`record_stats`]) |
 //! | `sse_subscriptions` | gauge | | topic subscriptions ([`record_stats`]) |
 //! | `sse_history_events`, `sse_history_bytes` | gauge | | events and bytes held for resume ([`record_stats`]) |
+//! | `sse_held_bytes` | gauge | | bytes of events held anywhere, each counted once ([`record_stats`]) |
 //!
 //! # Example
 //!
@@ -74,7 +77,15 @@ pub fn describe() {
     );
     describe_counter!(
         "sse_slow_consumer_disconnects_total",
-        "Subscribers disconnected for falling behind."
+        "Subscribers disconnected for falling behind (lagged) or not reading (stalled)."
+    );
+    describe_counter!(
+        "sse_history_evictions_total",
+        "Events that left history for its bounds."
+    );
+    describe_counter!(
+        "sse_replays_refused_total",
+        "Resumes refused because their replay did not fit in the replay budget in time."
     );
     describe_counter!(
         "sse_redis_reconnects_total",
@@ -88,6 +99,11 @@ pub fn describe() {
         Unit::Bytes,
         "Bytes of encoded events held in history for resume."
     );
+    describe_gauge!(
+        "sse_held_bytes",
+        Unit::Bytes,
+        "Bytes of encoded events held anywhere, each counted once."
+    );
 }
 
 /// Sets the gauges that describe `bus`'s state (`sse_topics`, `sse_subscriptions`,
@@ -100,6 +116,7 @@ pub fn record_stats(bus: &EventBus) {
     ::metrics::gauge!("sse_subscriptions").set(stats.subscriptions as f64);
     ::metrics::gauge!("sse_history_events").set(stats.history_events as f64);
     ::metrics::gauge!("sse_history_bytes").set(stats.history_bytes as f64);
+    ::metrics::gauge!("sse_held_bytes").set(stats.held_bytes as f64);
 }
 
 /// The metrics of one open event stream: counted open while it lives.
@@ -137,7 +154,7 @@ impl StreamMetrics {
     /// `n` events were written to the stream, the oldest of which reached the bus at `oldest`
     /// (unknown for replayed events).
     #[inline]
-    pub(crate) fn delivered(&self, n: u64, oldest: Option<std::time::Instant>) {
+    pub(crate) fn delivered(&self, n: u64, oldest: Option<tokio::time::Instant>) {
         #[cfg(feature = "metrics")]
         {
             self.delivered.increment(n);
@@ -199,18 +216,32 @@ pub(crate) fn refused(reason: &'static str) {
     let _ = reason;
 }
 
-/// A subscriber fell behind and was disconnected; `dropped` events were discarded.
-pub(crate) fn lagged(dropped: usize) {
+/// A subscriber was disconnected for `reason` (`lagged`, `stalled`), dropping `dropped` queued
+/// items.
+pub(crate) fn disconnected(reason: &'static str, dropped: usize) {
     #[cfg(feature = "metrics")]
     {
-        ::metrics::counter!("sse_slow_consumer_disconnects_total").increment(1);
+        ::metrics::counter!("sse_slow_consumer_disconnects_total", "reason" => reason).increment(1);
         ::metrics::counter!("sse_events_dropped_total").increment(dropped as u64);
     }
     #[cfg(not(feature = "metrics"))]
-    let _ = dropped;
+    let _ = (reason, dropped);
 }
 
-/// A Redis backend got its lost connection back.
+/// Events left history for its bounds (count, bytes, age, the bound across topics).
+pub(crate) fn history_evicted(n: u64) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("sse_history_evictions_total").increment(n);
+    #[cfg(not(feature = "metrics"))]
+    let _ = n;
+}
+
+/// A resume did not fit in the replay budget in time.
+pub(crate) fn replay_refused() {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("sse_replays_refused_total").increment(1);
+}
+
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) fn redis_reconnected() {
     #[cfg(feature = "metrics")]

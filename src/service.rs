@@ -165,6 +165,12 @@ impl SseService {
         self
     }
 
+    /// Sets the streams' write timeout; see [`SseLayer::write_timeout`](crate::SseLayer::write_timeout).
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        Arc::make_mut(&mut self.route).stream.write_timeout = Some(timeout);
+        self
+    }
+
     /// Sets the reconnection delay sent to clients and its random extra delay. Default: 3
     /// seconds plus up to 2 seconds.
     pub fn retry(mut self, retry: Option<Duration>, jitter: Duration) -> Self {

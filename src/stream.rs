@@ -38,6 +38,8 @@ pub(crate) struct StreamConfig {
     pub(crate) retry: Option<Duration>,
     pub(crate) retry_jitter: Duration,
     pub(crate) write_delay: Duration,
+    /// Overrides the bus's stall timeout for this stream's subscription.
+    pub(crate) write_timeout: Option<Duration>,
 }
 
 impl Default for StreamConfig {
@@ -47,6 +49,7 @@ impl Default for StreamConfig {
             retry: Some(Duration::from_secs(3)),
             retry_jitter: Duration::from_secs(2),
             write_delay: DEFAULT_WRITE_DELAY,
+            write_timeout: None,
         }
     }
 }
@@ -115,6 +118,9 @@ struct Live {
     /// The last write sent frames that had waited: until a delay passes without events, the
     /// subscription is checked only when each delay ends, so publishes do not wake the task.
     busy: bool,
+    /// The last chunk was full and more may be ready: the write delay does not apply until the
+    /// subscription has nothing more, so a backlog goes out as fast as the client reads.
+    backlog: bool,
     started: bool,
     done: bool,
     metrics: StreamMetrics,
@@ -127,7 +133,10 @@ impl EventStream {
         Self::with_config(subscription, StreamConfig::default())
     }
 
-    pub(crate) fn with_config(subscription: Subscription, config: StreamConfig) -> Self {
+    pub(crate) fn with_config(mut subscription: Subscription, config: StreamConfig) -> Self {
+        if let Some(timeout) = config.write_timeout {
+            subscription.set_stall_timeout(timeout);
+        }
         tracing::debug!(
             topics = ?subscription.topics(),
             status = ?subscription.status(),
@@ -146,6 +155,7 @@ impl EventStream {
                 held: None,
                 flush: None,
                 busy: false,
+                backlog: false,
                 started: false,
                 done: false,
                 _permit: None,
@@ -194,11 +204,25 @@ impl EventStream {
     /// go out together when it has passed, in one write. A frame that arrives when nothing was
     /// written for `delay` goes out at once, so a quiet stream has no added latency; a busy one
     /// has at most `delay` added, and makes one write (and one wake-up of its task) per
-    /// `delay` instead of one per event. `Duration::ZERO` writes every frame as soon as it
-    /// arrives. Default: 8 ms.
+    /// `delay` instead of one per event. The delay never throttles a backlog: when more is
+    /// waiting than one chunk holds, chunks go out as fast as the client reads them.
+    /// `Duration::ZERO` writes every frame as soon as it arrives. Default: 8 ms.
     pub fn write_delay(mut self, delay: Duration) -> Self {
         if let Some(config) = self.config_mut() {
             config.write_delay = delay;
+        }
+        self
+    }
+
+    /// Sets the write timeout: when events wait for this stream and its client takes none of
+    /// them for `timeout` (it stopped reading), the stream ends and releases everything it
+    /// held; the client resumes from its last id when it reads again or reconnects. Default:
+    /// the bus's [stall timeout](crate::bus::Builder::stall_timeout), 30 s. The connection
+    /// itself is closed by the server's IO write timeout.
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        if let Kind::Live(live) = &mut self.kind {
+            live.config.write_timeout = Some(timeout);
+            live.subscription.set_stall_timeout(timeout);
         }
         self
     }
@@ -299,10 +323,7 @@ impl Live {
         let mut clock = Clock::default();
         // Frames held back by the write delay come first.
         let mut chunk = self.held.take().unwrap_or_default();
-        let hold_until = match self.last_write {
-            Some(at) if !self.config.write_delay.is_zero() => Some(at + self.config.write_delay),
-            _ => None,
-        };
+        let hold_until = self.hold_until();
         let holding = hold_until.is_some_and(|until| clock.now() < until);
         let had_held = !chunk.is_empty();
         // While frames are held (or the stream is busy), the subscription is not polled: events
@@ -348,6 +369,15 @@ impl Live {
         self.poll_keep_alive(cx, &mut clock)
     }
 
+    /// Until when frames wait for others to join them: the write delay after the last write,
+    /// unless a backlog is being written.
+    fn hold_until(&self) -> Option<Instant> {
+        if self.backlog || self.config.write_delay.is_zero() {
+            return None;
+        }
+        self.last_write.map(|at| at + self.config.write_delay)
+    }
+
     /// The first poll: the head frame and the keep-alive timer.
     fn start(&mut self) {
         if self.started {
@@ -382,8 +412,10 @@ impl Live {
     }
 
     /// Moves messages of the subscription into `chunk` up to [`MAX_BATCH_BYTES`]. Returns
-    /// whether the subscription had nothing more (and will wake `cx`).
+    /// whether the subscription had nothing more (and will wake `cx`); a full chunk marks a
+    /// backlog.
     fn gather(&mut self, cx: &mut Context<'_>, chunk: &mut Chunk) -> bool {
+        self.backlog = false;
         while chunk.len < MAX_BATCH_BYTES {
             match Pin::new(&mut self.subscription).poll_next(cx) {
                 Poll::Pending => return true,
@@ -400,6 +432,7 @@ impl Live {
                 Poll::Ready(Some(end)) => {
                     let why = match end {
                         Message::Lagged => "disconnected: this client fell too far behind",
+                        Message::Stalled => "disconnected: this client stopped reading",
                         _ => "the server is shutting down",
                     };
                     let comment = format!(
@@ -416,6 +449,7 @@ impl Live {
                 }
             }
         }
+        self.backlog = true;
         false
     }
 
@@ -680,6 +714,31 @@ mod tests {
         let late = tokio::time::timeout(Duration::from_secs(60), chunk(&mut stream));
         let late = late.await.expect("woken by the event");
         assert!(late.starts_with("data: late\n"), "{late}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_goes_out_without_waiting_for_the_write_delay() {
+        let bus = EventBus::memory();
+        let mut stream = stream(&bus, Duration::from_millis(8)).await;
+        assert!(chunk(&mut stream).await.starts_with("event: sse-status\n"));
+        bus.publish("t", Event::new("first")).await.unwrap();
+        assert!(ready_chunk(&mut stream).is_some());
+        // Within the delay of that write, more than a dozen chunks' worth arrives.
+        let data = "x".repeat(8 * 1024);
+        for _ in 0..100 {
+            bus.publish("t", Event::new(data.clone())).await.unwrap();
+        }
+        // The first of them waits out the delay; then the backlog goes out chunk after chunk.
+        let mut frames = chunk(&mut stream).await.matches("data: ").count();
+        while frames < 100 {
+            let next = ready_chunk(&mut stream).expect("a backlog does not wait for the delay");
+            frames += next.matches("data: ").count();
+        }
+        assert_eq!(frames, 100);
+        // Drained: the next event coalesces again.
+        bus.publish("t", Event::new("late")).await.unwrap();
+        assert_eq!(ready_chunk(&mut stream), None);
+        assert!(chunk(&mut stream).await.starts_with("data: late\n"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -4,7 +4,6 @@
 mod support;
 
 use std::{
-    net::SocketAddr,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -13,12 +12,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use support::{
     demo::Demo,
-    http::{request, SseClient, WAIT},
+    http::{request, SseClient},
+    load::{proc_status, Publisher, MIB},
 };
 use tower_sse::{Event, EventBus, SseLayer};
 
@@ -68,57 +65,6 @@ async fn the_demo_limits_connections_and_event_size() {
     a.next_event().await.unwrap();
     assert_eq!(a.next_event().await.unwrap().data(), "x".repeat(100));
 }
-
-/// Publishes over one kept-alive connection.
-struct Publisher {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    addr: SocketAddr,
-}
-
-impl Publisher {
-    async fn connect(addr: SocketAddr) -> Self {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        Self { sender, addr }
-    }
-
-    async fn publish(&mut self, topic: &str, data: Bytes) -> StatusCode {
-        self.sender.ready().await.unwrap();
-        let req = Request::post(format!("/publish/{topic}"))
-            .header("host", self.addr.to_string())
-            .body(Full::new(data))
-            .unwrap();
-        let response = tokio::time::timeout(WAIT, self.sender.send_request(req))
-            .await
-            .expect("an answer in time")
-            .unwrap();
-        let status = response.status();
-        response.into_body().collect().await.unwrap();
-        status
-    }
-}
-
-/// A figure of `/proc/PID/status`, in bytes.
-fn proc_status(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
-    let kib: u64 = line[field.len() + 1..]
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .unwrap();
-    kib * 1024
-}
-
-const MIB: u64 = 1024 * 1024;
 
 /// 24 MiB go to a topic with two subscribers, one of which never reads. What the server may
 /// hold for the stalled one is bounded by its queue (1 024 events by default) and the topic's

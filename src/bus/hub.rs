@@ -1,5 +1,5 @@
 //! The local fan-out every backend delivers through: per-topic subscriber lists and a bounded
-//! per-topic history for resume.
+//! history for resume.
 //!
 //! Events reach the hub already sequenced (the in-process backend numbers them itself; the
 //! Redis backends take the number Redis assigned) and in sequence order. Delivery, history and
@@ -7,17 +7,33 @@
 //! replay and then the live events with nothing missing and nothing twice, and every
 //! subscription sees events in sequence order across all its topics, which is what makes the
 //! id of the last event seen a cursor for all of them.
+//!
+//! ## Bounds
+//!
+//! - History: per topic by count, bytes and age, and across all topics by bytes, evicting the
+//!   oldest event first (see [`history`](super::history)). A resume point older than what is
+//!   left is a `history-expired` reset, never a silent `resumed`.
+//! - Each subscriber's queue: by items and bytes, and by the time its consumer takes nothing
+//!   while events wait (see [`queue`](super::queue)).
+//! - Everything the bus holds, in bytes, counting a shared frame once (see
+//!   [`budget`](super::budget)).
+//!
+//! A periodic tick (see [`janitor`](super::janitor)) ages history out and ends stalled
+//! subscribers when nothing is published; publishing does the same work on the way.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::Bytes;
+use tokio::time::Instant;
 
 use super::{
-    queue::{lock, End, Item, Queue},
+    budget::Held,
+    history::{HistoryLimits, Oldest, Stored, TopicHistory},
+    queue::{lock, End, Item, Push, Queue, QueueLimits},
     subscription::Subscription,
     GapReason, ResetReason, ResumeStatus, Topic,
 };
@@ -29,13 +45,13 @@ use crate::{
 /// The floor of a topic whose events this instance does not hear: no resume point is complete.
 pub(crate) const UNKNOWN: u64 = u64::MAX;
 
-/// How much history the hub keeps per topic.
+/// How much a hub keeps: history, and each subscriber's queue.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
-    pub(crate) history_events: usize,
-    pub(crate) history_age: Duration,
-    pub(crate) history_bytes: usize,
-    pub(crate) queue_capacity: usize,
+    pub(crate) history: HistoryLimits,
+    pub(crate) queue: QueueLimits,
+    /// Bytes of frames the bus may hold before it sheds subscribers with a backlog.
+    pub(crate) held_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -47,6 +63,8 @@ pub(crate) struct Hub {
 struct Shared {
     state: Mutex<State>,
     limits: Limits,
+    held: Held,
+    janitor: super::janitor::Started,
 }
 
 #[derive(Debug)]
@@ -60,9 +78,15 @@ struct State {
     /// Floor for topics without state: the highest sequence number whose history was dropped.
     forgotten: u64,
     topics: HashMap<Topic, TopicState>,
+    /// Finds the oldest event in history across topics.
+    oldest: Oldest,
+    /// Bytes of history across topics.
+    history_bytes: usize,
+    /// Queues that had a backlog at a push, checked for stalls by the periodic tick.
+    backlogged: Vec<Arc<Queue>>,
     closed: bool,
     next_subscriber: u64,
-    last_sweep: Instant,
+    ticks: u64,
 }
 
 #[derive(Debug)]
@@ -70,51 +94,38 @@ struct TopicState {
     /// Every event of this topic with a higher sequence number is in `history` (or will be
     /// delivered); `UNKNOWN` when the instance is not listening to the topic.
     floor: u64,
-    history: VecDeque<Stored>,
-    history_bytes: usize,
+    history: TopicHistory,
     subscribers: Vec<(u64, Arc<Queue>)>,
-}
-
-#[derive(Debug)]
-struct Stored {
-    seq: u64,
-    at: Instant,
-    frame: Bytes,
 }
 
 impl TopicState {
     fn new(floor: u64) -> Self {
         Self {
             floor,
-            history: VecDeque::new(),
-            history_bytes: 0,
+            history: TopicHistory::default(),
             subscribers: Vec::new(),
         }
     }
 
-    fn evict(&mut self, limits: &Limits, now: Instant) {
-        while let Some(front) = self.history.front() {
-            let too_many = self.history.len() > limits.history_events;
-            let too_big = self.history_bytes > limits.history_bytes;
-            let too_old = now.saturating_duration_since(front.at) > limits.history_age;
-            if !(too_many || too_big || too_old) {
-                break;
-            }
-            let front = self.history.pop_front().expect("checked above");
-            self.history_bytes -= front.frame.len();
-            self.floor = self.floor.max(front.seq);
-        }
+    fn history(&mut self) -> &mut TopicHistory {
+        &mut self.history
     }
 
-    fn forget_history(&mut self) {
-        self.history = VecDeque::new();
-        self.history_bytes = 0;
+    /// Drops the oldest event; returns its size.
+    fn evict_front(&mut self) -> usize {
+        match self.history.pop_front() {
+            Some((seq, len)) => {
+                self.floor = self.floor.max(seq);
+                len
+            }
+            None => 0,
+        }
     }
 }
 
 impl Hub {
     pub(crate) fn new(epoch: u32, hears_all: bool, limits: Limits) -> Self {
-        Self {
+        let hub = Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
                     epoch,
@@ -122,13 +133,33 @@ impl Hub {
                     hears_all,
                     forgotten: 0,
                     topics: HashMap::new(),
+                    oldest: Oldest::default(),
+                    history_bytes: 0,
+                    backlogged: Vec::new(),
                     closed: false,
                     next_subscriber: 0,
-                    last_sweep: Instant::now(),
+                    ticks: 0,
                 }),
+                held: Held::new(limits.held_bytes),
                 limits,
+                janitor: Default::default(),
             }),
+        };
+        hub.start_janitor();
+        hub
+    }
+
+    /// Starts the periodic tick, if it is not running and a runtime is at hand.
+    fn start_janitor(&self) {
+        if self.shared.janitor.is_running() {
+            return;
         }
+        let weak = Arc::downgrade(&self.shared);
+        self.shared.janitor.start(move |now| {
+            let shared = weak.upgrade()?;
+            Hub { shared }.tick(now);
+            Some(())
+        });
     }
 
     /// Assigns the next sequence number to the frame `finish` builds from it and delivers it,
@@ -175,11 +206,10 @@ impl Hub {
         frame: Bytes,
         age: Duration,
     ) {
+        self.start_janitor();
         let limits = &self.shared.limits;
         let now = Instant::now();
-        let published = now.checked_sub(age).unwrap_or(now);
         state.last_seq = state.last_seq.max(seq);
-        let state_epoch = state.epoch;
         let floor_if_new = if state.hears_all {
             state.forgotten
         } else {
@@ -193,24 +223,75 @@ impl Hub {
         if entry.floor == UNKNOWN {
             entry.floor = seq - 1;
         }
-        if entry.history.back().is_some_and(|last| last.seq >= seq) {
+        if entry.history.last_seq().is_some_and(|last| last >= seq) {
             return;
         }
-        let id = EventId::new(state_epoch, seq);
-        for (_, queue) in &entry.subscribers {
-            queue.push(Item::Event(id, frame.clone()), published);
-        }
-        entry.history_bytes += frame.len();
-        entry.history.push_back(Stored {
+        let frame = self.shared.held.account(frame);
+        let push = Push {
+            published: now.checked_sub(age).unwrap_or(now),
+            now,
+            shed: self.shared.held.is_over(),
+        };
+        let item = Item::Event(EventId::new(state.epoch, seq), frame.clone());
+        let backlogged = &mut state.backlogged;
+        entry
+            .subscribers
+            .retain(|(_, queue)| match queue.push(item.clone(), push) {
+                None => false,
+                Some(newly_backlogged) => {
+                    if newly_backlogged {
+                        backlogged.push(queue.clone());
+                    }
+                    true
+                }
+            });
+        state.history_bytes += frame.len();
+        entry.history.push(Stored {
             seq,
             at: now,
             frame,
         });
-        entry.evict(limits, now);
-        if now.saturating_duration_since(state.last_sweep) >= Duration::from_secs(1) {
-            state.last_sweep = now;
-            sweep(state, limits, now);
+        state.oldest.track(topic, &mut entry.history);
+        while entry.history.front_expired(&limits.history, now) {
+            state.history_bytes -= entry.evict_front();
+            crate::metrics::history_evicted(1);
         }
+        if entry.history.is_empty() && entry.subscribers.is_empty() {
+            forget_topic(state, topic);
+        }
+        while state.history_bytes > limits.history.total_bytes && evict_oldest(state) {}
+    }
+
+    /// The periodic work: ages history out, ends subscribers that stalled, compacts.
+    pub(crate) fn tick(&self, now: Instant) {
+        let mut guard = lock(&self.shared.state);
+        let state = &mut *guard;
+        let age = self.shared.limits.history.age;
+        while let Some((_, at)) = state.oldest.find(&mut state.topics, TopicState::history) {
+            if now.saturating_duration_since(at) <= age || !evict_oldest(state) {
+                break;
+            }
+        }
+        state.backlogged.retain(|queue| queue.check_stall(now));
+        state.ticks += 1;
+        if state.ticks % 60 == 0 {
+            // Topics that lost everything some other way than the paths that forget them.
+            let mut forgotten = state.forgotten;
+            state.topics.retain(|_, t| {
+                let keep = !t.subscribers.is_empty() || !t.history.is_empty();
+                if !keep && t.floor != UNKNOWN {
+                    forgotten = forgotten.max(t.floor);
+                }
+                keep
+            });
+            state.forgotten = forgotten;
+        }
+        let State { oldest, topics, .. } = state;
+        oldest.compact(topics.len(), |topic, seq| {
+            topics
+                .get(topic)
+                .is_some_and(|t| Oldest::is_entry(&t.history, seq))
+        });
     }
 
     /// Registers a subscriber of `topics` (sorted, without duplicates), replaying what it missed
@@ -247,63 +328,14 @@ impl Hub {
         cursor: Option<Result<EventId, InvalidEventId>>,
         defer: bool,
     ) -> Result<Resume, BusError> {
-        let limits = self.shared.limits;
+        self.start_janitor();
         let mut state = lock(&self.shared.state);
         if state.closed {
             return Err(BusError::new(BusErrorKind::Closed));
         }
-        let now = Instant::now();
         let epoch = state.epoch;
         let last_seq = state.last_seq;
-        let unknown_floor = if state.hears_all {
-            state.forgotten
-        } else {
-            UNKNOWN
-        };
-        for topic in &topics {
-            if let Some(t) = state.topics.get_mut(topic) {
-                t.evict(&limits, now);
-            }
-        }
-        let floor_of = |state: &State, topic: &Topic| {
-            state.topics.get(topic).map_or(unknown_floor, |t| t.floor)
-        };
-
-        let mut replay = VecDeque::new();
-        let status = match cursor {
-            None => ResumeStatus::Fresh,
-            Some(Err(_)) => ResumeStatus::Reset(ResetReason::InvalidId),
-            Some(Ok(id)) if id.epoch() != epoch => ResumeStatus::Reset(ResetReason::UnknownEpoch),
-            Some(Ok(id)) if id.sequence() > last_seq => ResumeStatus::Reset(ResetReason::UnknownId),
-            Some(Ok(id)) => {
-                let after = id.sequence();
-                if topics.iter().any(|t| floor_of(&state, t) > after) {
-                    ResumeStatus::Reset(ResetReason::HistoryExpired)
-                } else {
-                    for topic in &topics {
-                        if let Some(t) = state.topics.get(topic) {
-                            let start = t.history.partition_point(|s| s.seq <= after);
-                            replay.extend(
-                                t.history.range(start..).map(|s| {
-                                    Item::Event(EventId::new(epoch, s.seq), s.frame.clone())
-                                }),
-                            );
-                        }
-                    }
-                    if topics.len() > 1 {
-                        replay
-                            .make_contiguous()
-                            .sort_unstable_by_key(|item| match item {
-                                Item::Event(id, _) => id.sequence(),
-                                Item::Gap(_) => 0,
-                            });
-                    }
-                    ResumeStatus::Resumed {
-                        replayed: replay.len(),
-                    }
-                }
-            }
-        };
+        let (status, replay) = plan_resume(&state, &topics, cursor.as_ref());
 
         if defer
             && matches!(
@@ -311,20 +343,8 @@ impl Hub {
                 ResumeStatus::Reset(ResetReason::HistoryExpired | ResetReason::UnknownId)
             )
         {
-            // Per topic, the last event delivered here, or the point where listening began
-            // (capped by the watermark): no event of the topic between it and the watermark
-            // exists, so the replay need not look there.
-            let known = topics
-                .iter()
-                .map(|topic| match state.topics.get(topic) {
-                    Some(t) if t.floor != UNKNOWN => {
-                        let last = t.history.back().map_or(0, |s| s.seq);
-                        t.floor.max(last).min(last_seq)
-                    }
-                    _ => last_seq,
-                })
-                .collect();
-            let (id, queue) = register_locked(&mut state, &topics, &limits, unknown_floor);
+            let known = known_positions(&state, &topics);
+            let (id, queue) = self.register_locked(&mut state, &topics);
             drop(state);
             return Ok(Resume::Pending(Registration {
                 hub: self.clone(),
@@ -343,9 +363,10 @@ impl Hub {
             (ResumeStatus::Resumed { .. }, Some(Ok(id))) => id,
             _ => EventId::new(epoch, last_seq),
         };
-
-        let (id, queue) = register_locked(&mut state, &topics, &limits, unknown_floor);
+        let (id, queue) = self.register_locked(&mut state, &topics);
         drop(state);
+        // Merged outside the lock: each topic's part is in order already.
+        let replay = merge(replay, epoch);
         Ok(Resume::Done(Subscription::new(
             self.clone(),
             id,
@@ -355,6 +376,27 @@ impl Hub {
             status,
             start_id,
         )))
+    }
+
+    /// Adds a subscriber's queue to `topics`.
+    fn register_locked(&self, state: &mut State, topics: &[Topic]) -> (u64, Arc<Queue>) {
+        let unknown_floor = if state.hears_all {
+            state.forgotten
+        } else {
+            UNKNOWN
+        };
+        let queue = Arc::new(Queue::new(self.shared.limits.queue));
+        let id = state.next_subscriber;
+        state.next_subscriber += 1;
+        for topic in topics {
+            state
+                .topics
+                .entry(topic.clone())
+                .or_insert_with(|| TopicState::new(unknown_floor))
+                .subscribers
+                .push((id, queue.clone()));
+        }
+        (id, queue)
     }
 
     /// Removes a subscriber; called when its [`Subscription`] is dropped.
@@ -367,6 +409,9 @@ impl Hub {
                 }
                 if t.subscribers.is_empty() && t.subscribers.capacity() > 4 {
                     t.subscribers = Vec::new();
+                }
+                if t.subscribers.is_empty() && t.history.is_empty() {
+                    forget_topic(&mut state, topic);
                 }
             }
         }
@@ -402,8 +447,10 @@ impl Hub {
         let mut state = lock(&self.shared.state);
         if let Some(t) = state.topics.get_mut(topic) {
             t.floor = UNKNOWN;
-            t.forget_history();
-            if t.subscribers.is_empty() {
+            let freed = t.history.clear();
+            let empty = t.subscribers.is_empty();
+            state.history_bytes -= freed;
+            if empty {
                 state.topics.remove(topic);
             }
         }
@@ -422,11 +469,7 @@ impl Hub {
             if t.floor != UNKNOWN {
                 t.floor = t.floor.max(at);
             }
-            for (id, q) in &t.subscribers {
-                if told.insert(*id) {
-                    q.push(Item::Gap(reason), now);
-                }
-            }
+            tell(t, &mut told, reason, now);
         };
         match topics {
             Some(topics) => {
@@ -475,37 +518,132 @@ impl Hub {
         lock(&self.shared.state).epoch
     }
 
-    /// Counts of open subscriptions (per topic, summed) and topics with state.
+    /// Counts of open subscriptions (per topic, summed), topics with state and history.
     pub(crate) fn stats(&self) -> HubStats {
         let state = lock(&self.shared.state);
         HubStats {
             topics: state.topics.len(),
             subscriptions: state.topics.values().map(|t| t.subscribers.len()).sum(),
             history_events: state.topics.values().map(|t| t.history.len()).sum(),
-            history_bytes: state.topics.values().map(|t| t.history_bytes).sum(),
+            history_bytes: state.history_bytes,
+            held_bytes: self.shared.held.bytes(),
         }
     }
 }
 
-/// Adds a subscriber's queue to `topics`.
-fn register_locked(
-    state: &mut State,
-    topics: &[Topic],
-    limits: &Limits,
-    unknown_floor: u64,
-) -> (u64, Arc<Queue>) {
-    let queue = Arc::new(Queue::new(limits.queue_capacity));
-    let id = state.next_subscriber;
-    state.next_subscriber += 1;
-    for topic in topics {
-        state
-            .topics
-            .entry(topic.clone())
-            .or_insert_with(|| TopicState::new(unknown_floor))
-            .subscribers
-            .push((id, queue.clone()));
+/// Evicts the oldest event across topics; returns whether there was one.
+fn evict_oldest(state: &mut State) -> bool {
+    let Some((topic, _)) = state.oldest.find(&mut state.topics, TopicState::history) else {
+        return false;
+    };
+    let Some(t) = state.topics.get_mut(&topic) else {
+        return false;
+    };
+    state.history_bytes -= t.evict_front();
+    state.oldest.advance(&topic, &mut t.history);
+    crate::metrics::history_evicted(1);
+    if t.history.is_empty() && t.subscribers.is_empty() {
+        forget_topic(state, &topic);
     }
-    (id, queue)
+    true
+}
+
+/// Drops the state of a topic with no history and no subscribers, keeping what its floor says.
+fn forget_topic(state: &mut State, topic: &Topic) {
+    if let Some(t) = state.topics.remove(topic) {
+        if t.floor != UNKNOWN {
+            state.forgotten = state.forgotten.max(t.floor);
+        }
+    }
+}
+
+/// Tells each subscriber of `t` not yet in `told` about a gap.
+fn tell(t: &TopicState, told: &mut HashSet<u64>, reason: GapReason, now: Instant) {
+    let push = Push {
+        published: now,
+        now,
+        shed: false,
+    };
+    for (id, q) in &t.subscribers {
+        if told.insert(*id) {
+            q.push(Item::Gap(reason), push);
+        }
+    }
+}
+
+/// Per topic, the stored events after the resume point (each part in sequence order).
+type Replay = Vec<Vec<(u64, Bytes)>>;
+
+/// How a subscription of `topics` from `cursor` starts, and what it replays.
+fn plan_resume(
+    state: &State,
+    topics: &[Topic],
+    cursor: Option<&Result<EventId, InvalidEventId>>,
+) -> (ResumeStatus, Replay) {
+    let unknown_floor = if state.hears_all {
+        state.forgotten
+    } else {
+        UNKNOWN
+    };
+    let floor_of = |topic: &Topic| state.topics.get(topic).map_or(unknown_floor, |t| t.floor);
+    let after = match cursor {
+        None => return (ResumeStatus::Fresh, Vec::new()),
+        Some(Err(_)) => return (ResumeStatus::Reset(ResetReason::InvalidId), Vec::new()),
+        Some(Ok(id)) if id.epoch() != state.epoch => {
+            return (ResumeStatus::Reset(ResetReason::UnknownEpoch), Vec::new())
+        }
+        Some(Ok(id)) if id.sequence() > state.last_seq => {
+            return (ResumeStatus::Reset(ResetReason::UnknownId), Vec::new())
+        }
+        Some(Ok(id)) => id.sequence(),
+    };
+    if topics.iter().any(|t| floor_of(t) > after) {
+        return (ResumeStatus::Reset(ResetReason::HistoryExpired), Vec::new());
+    }
+    let replay: Replay = topics
+        .iter()
+        .filter_map(|topic| state.topics.get(topic))
+        .map(|t| {
+            t.history
+                .after(after)
+                .map(|s| (s.seq, s.frame.clone()))
+                .collect()
+        })
+        .collect();
+    let replayed = replay.iter().map(Vec::len).sum();
+    (ResumeStatus::Resumed { replayed }, replay)
+}
+
+/// Per topic, the last event delivered here, or the point where listening began (capped by the
+/// watermark): no event of the topic between it and the watermark exists, so a replay read
+/// elsewhere need not look there.
+fn known_positions(state: &State, topics: &[Topic]) -> Vec<u64> {
+    topics
+        .iter()
+        .map(|topic| match state.topics.get(topic) {
+            Some(t) if t.floor != UNKNOWN => {
+                let last = t.history.last_seq().unwrap_or(0);
+                t.floor.max(last).min(state.last_seq)
+            }
+            _ => state.last_seq,
+        })
+        .collect()
+}
+
+/// The replay's parts merged into one queue in sequence order.
+fn merge(parts: Replay, epoch: u32) -> VecDeque<Item> {
+    let all: Vec<(u64, Bytes)> = match parts.len() {
+        0 => return VecDeque::new(),
+        1 => parts.into_iter().next().unwrap_or_default(),
+        _ => {
+            let mut all: Vec<_> = parts.into_iter().flatten().collect();
+            all.sort_unstable_by_key(|(seq, _)| *seq);
+            all
+        }
+    };
+    all.into_iter()
+        .map(|(seq, frame)| Item::Event(EventId::new(epoch, seq), frame))
+        .collect()
 }
 
 /// What [`Hub::resume_or_register`] did.
@@ -589,6 +727,7 @@ pub(crate) struct HubStats {
     pub(crate) subscriptions: usize,
     pub(crate) history_events: usize,
     pub(crate) history_bytes: usize,
+    pub(crate) held_bytes: usize,
 }
 
 /// Starts history `epoch` at `last_seq`: all history is dropped and every subscriber is told.
@@ -596,32 +735,15 @@ fn new_epoch_locked(state: &mut State, epoch: u32, last_seq: u64, now: Instant) 
     state.epoch = epoch;
     state.last_seq = last_seq;
     state.forgotten = last_seq;
+    state.history_bytes = 0;
     let mut told = HashSet::new();
     for t in state.topics.values_mut() {
-        t.forget_history();
+        t.history.clear();
         if t.floor != UNKNOWN {
             t.floor = last_seq;
         }
-        for (id, q) in &t.subscribers {
-            if told.insert(*id) {
-                q.push(Item::Gap(GapReason::HistoryLost), now);
-            }
-        }
+        tell(t, &mut told, GapReason::HistoryLost, now);
     }
-}
-
-/// Ages out history everywhere and drops the state of topics nobody follows any more.
-fn sweep(state: &mut State, limits: &Limits, now: Instant) {
-    let mut forgotten = state.forgotten;
-    state.topics.retain(|_, t| {
-        t.evict(limits, now);
-        let keep = !t.subscribers.is_empty() || !t.history.is_empty();
-        if !keep && t.floor != UNKNOWN {
-            forgotten = forgotten.max(t.floor);
-        }
-        keep
-    });
-    state.forgotten = forgotten;
 }
 
 #[cfg(test)]
@@ -638,10 +760,18 @@ mod tests {
 
     fn limits() -> Limits {
         Limits {
-            history_events: 10,
-            history_age: Duration::from_secs(60),
-            history_bytes: 1 << 20,
-            queue_capacity: 10,
+            history: HistoryLimits {
+                events: 10,
+                age: Duration::from_secs(60),
+                bytes: 1 << 20,
+                total_bytes: 64,
+            },
+            queue: QueueLimits {
+                items: 10,
+                bytes: 1 << 20,
+                stall: Duration::from_secs(30),
+            },
+            held_bytes: 1 << 30,
         }
     }
 
@@ -654,10 +784,18 @@ mod tests {
         out
     }
 
+    fn topic(name: &str) -> Topic {
+        Topic::new(name).unwrap()
+    }
+
+    fn publish(hub: &Hub, t: &str, len: usize) -> EventId {
+        hub.publish_next(&topic(t), |_| Bytes::from(vec![b'x'; len]))
+    }
+
     #[test]
     fn a_gap_is_told_once_to_a_subscription_of_several_topics() {
         let hub = Hub::new(1, true, limits());
-        let topics = vec![Topic::new("a").unwrap(), Topic::new("b").unwrap()];
+        let topics = vec![topic("a"), topic("b")];
         let mut sub = hub.subscribe(topics, None).unwrap();
         hub.gap(None, 0, GapReason::BrokerDisconnected);
         assert_eq!(
@@ -666,5 +804,44 @@ mod tests {
         );
         hub.new_epoch(2, 0);
         assert_eq!(drain(&mut sub), [Message::Gap(GapReason::HistoryLost)]);
+    }
+
+    #[test]
+    fn history_across_topics_is_bounded_oldest_first() {
+        let hub = Hub::new(1, true, limits());
+        let first = publish(&hub, "a", 30);
+        let second = publish(&hub, "b", 30);
+        publish(&hub, "c", 30);
+        // 90 bytes > 64: the oldest (of topic a) went.
+        let stats = hub.stats();
+        assert_eq!((stats.history_events, stats.history_bytes), (2, 60));
+        let resumed = hub
+            .subscribe(vec![topic("a")], Some(&first.to_string()))
+            .unwrap();
+        assert_eq!(resumed.status(), ResumeStatus::Resumed { replayed: 0 });
+        let before_first = EventId::new(1, 0).to_string();
+        let expired = hub
+            .subscribe(vec![topic("a")], Some(&before_first))
+            .unwrap();
+        assert_eq!(
+            expired.status(),
+            ResumeStatus::Reset(ResetReason::HistoryExpired)
+        );
+        let kept = hub
+            .subscribe(vec![topic("b"), topic("c")], Some(&first.to_string()))
+            .unwrap();
+        assert_eq!(kept.status(), ResumeStatus::Resumed { replayed: 2 });
+        assert_eq!(kept.last_event_id().event_id(), Some(first));
+        let _ = second;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn history_ages_out_without_a_publish() {
+        let hub = Hub::new(1, true, limits());
+        publish(&hub, "a", 10);
+        assert_eq!(hub.stats().history_events, 1);
+        tokio::time::sleep(Duration::from_secs(62)).await;
+        // The periodic tick ran meanwhile.
+        assert_eq!(hub.stats(), HubStats::default());
     }
 }

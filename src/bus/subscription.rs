@@ -4,13 +4,15 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::Instant,
+    time::Duration,
 };
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_core::Stream;
+use tokio::time::Instant;
 
 use super::{
+    budget::ReplayPermit,
     hub::Hub,
     queue::{End, Item, Queue},
     GapReason, ResumeStatus, Topic,
@@ -52,8 +54,13 @@ struct Part {
     status: ResumeStatus,
     last_id: EventId,
     done: bool,
-    /// When the oldest event taken from the queue and not yet reported reached the bus.
+    /// When the oldest event taken from the queue and not yet reported was published.
     oldest: Option<Instant>,
+    /// How many of the first `pending` items are the replay, their bytes, and the budget they
+    /// hold.
+    replay_left: usize,
+    replay_bytes: usize,
+    replay_permit: Option<ReplayPermit>,
 }
 
 /// One single-topic [`Part`] per topic, with a cursor that holds a position for each.
@@ -76,9 +83,13 @@ pub enum Message {
     /// Events may have been lost at this point (for example during a broker outage); the
     /// stream goes on.
     Gap(GapReason),
-    /// The subscriber fell more than its queue's capacity behind and was dropped; the stream
+    /// The subscriber fell more than its queue's bounds behind and was dropped; the stream
     /// ends. Resume from [`Subscription::last_event_id`].
     Lagged,
+    /// The subscriber took nothing for the stall timeout while events waited for it (its
+    /// client stopped reading) and was dropped; the stream ends. Resume from
+    /// [`Subscription::last_event_id`].
+    Stalled,
     /// The bus is shutting down; the stream ends. Resume elsewhere from
     /// [`Subscription::last_event_id`].
     Closed,
@@ -133,13 +144,47 @@ impl Subscription {
                 id,
                 topics,
                 queue,
+                replay_left: replay.len(),
+                replay_bytes: replay.iter().map(Item::len).sum(),
                 pending: replay,
                 status,
                 last_id: start_id,
                 done: false,
                 oldest: None,
+                replay_permit: None,
             }),
             _guard: None,
+        }
+    }
+
+    fn parts_mut(&mut self) -> &mut [Part] {
+        match &mut self.inner {
+            Inner::One(part) => std::slice::from_mut(part),
+            Inner::PerTopic(joined) => &mut joined.parts,
+        }
+    }
+
+    /// The events and bytes of the replay not yet taken.
+    pub(crate) fn replay_size(&mut self) -> (usize, usize) {
+        self.parts_mut()
+            .iter()
+            .fold((0, 0), |(events, bytes), part| {
+                (events + part.replay_left, bytes + part.replay_bytes)
+            })
+    }
+
+    /// Attaches the replay budget `permit` holds, given back as the replay is taken.
+    pub(crate) fn hold_replay_budget(&mut self, mut permit: ReplayPermit) {
+        for part in self.parts_mut() {
+            part.replay_permit = permit.split(part.replay_left, part.replay_bytes);
+        }
+    }
+
+    /// Sets how long the consumer may take nothing while events wait before the subscription
+    /// ends as [`Message::Stalled`].
+    pub(crate) fn set_stall_timeout(&mut self, timeout: Duration) {
+        for part in self.parts_mut() {
+            part.queue.set_stall_timeout(timeout);
         }
     }
 
@@ -232,6 +277,22 @@ impl Subscription {
 }
 
 impl Part {
+    /// The next pending item; a replayed one gives its budget back.
+    fn pop_pending(&mut self) -> Option<Item> {
+        let item = self.pending.pop_front()?;
+        if self.replay_left > 0 {
+            self.replay_left -= 1;
+            self.replay_bytes -= item.len();
+            if let Some(permit) = &mut self.replay_permit {
+                permit.keep(self.replay_left, self.replay_bytes);
+            }
+            if self.replay_left == 0 {
+                self.replay_permit = None;
+            }
+        }
+        Some(item)
+    }
+
     fn message(&mut self, item: Item) -> Message {
         match item {
             Item::Event(id, frame) => {
@@ -243,7 +304,7 @@ impl Part {
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        if let Some(item) = self.pending.pop_front() {
+        if let Some(item) = self.pop_pending() {
             return Poll::Ready(Some(self.message(item)));
         }
         if self.done {
@@ -262,6 +323,7 @@ impl Part {
                 self.done = true;
                 Poll::Ready(Some(match end {
                     End::Lagged => Message::Lagged,
+                    End::Stalled => Message::Stalled,
                     End::Closed => Message::Closed,
                 }))
             }
@@ -299,7 +361,7 @@ impl PerTopic {
                         frame,
                     })));
                 }
-                Poll::Ready(Some(end @ (Message::Lagged | Message::Closed))) => {
+                Poll::Ready(Some(end @ (Message::Lagged | Message::Stalled | Message::Closed))) => {
                     self.done = true;
                     return Poll::Ready(Some(end));
                 }

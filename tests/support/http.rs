@@ -194,11 +194,14 @@ impl SseClient {
     }
 
     async fn read_frame(&mut self) -> Option<Frame> {
+        // Where the search for the frame's end resumes: large frames arrive in many pieces.
+        let mut from = 0;
         loop {
-            if let Some(end) = find(&self.buf, b"\n\n") {
+            if let Some(end) = find(&self.buf[from..], b"\n\n").map(|i| i + from) {
                 let raw = self.buf.split_to(end + 2);
                 return Some(parse(&String::from_utf8_lossy(&raw[..end])));
             }
+            from = self.buf.len().saturating_sub(1);
             match self.body.frame().await {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {

@@ -5,4 +5,5 @@ pub(crate) mod bus;
 pub(crate) mod cluster;
 pub(crate) mod demo;
 pub(crate) mod http;
+pub(crate) mod load;
 pub(crate) mod redis;
