@@ -41,6 +41,11 @@ impl Demo {
     /// Starts the demo with `args` (besides `--listen`) and waits for its `listening on` line.
     pub(crate) fn start(args: &[&str]) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::start_at(addr, args)
+    }
+
+    /// Like [`start`](Self::start), listening on `addr` (say, where a stopped demo listened).
+    pub(crate) fn start_at(addr: SocketAddr, args: &[&str]) -> Self {
         let mut child = Command::new(demo_binary())
             .arg("--listen")
             .arg(addr.to_string())
