@@ -104,7 +104,6 @@ struct Live {
     subscription: Subscription,
     config: StreamConfig,
     head: Option<Bytes>,
-    keep_alive: Option<Pin<Box<Sleep>>>,
     /// When the client's authorization ends, if it does.
     deadline: Option<Pin<Box<Sleep>>>,
     /// When the last chunk of any kind went out: the keep-alive timer, when it fires, is checked
@@ -148,7 +147,6 @@ impl EventStream {
                 subscription,
                 config,
                 head: None,
-                keep_alive: None,
                 deadline: None,
                 last_sent: None,
                 last_write: None,
@@ -366,7 +364,7 @@ impl Live {
         if self.done {
             return Poll::Ready(None);
         }
-        self.poll_keep_alive(cx, &mut clock)
+        self.poll_keep_alive(&mut clock)
     }
 
     /// Until when frames wait for others to join them: the write delay after the last write,
@@ -378,7 +376,7 @@ impl Live {
         self.last_write.map(|at| at + self.config.write_delay)
     }
 
-    /// The first poll: the head frame and the keep-alive timer.
+    /// The first poll: the head frame, and the keep-alive wake-ups.
     fn start(&mut self) {
         if self.started {
             return;
@@ -386,7 +384,7 @@ impl Live {
         self.started = true;
         self.head = Some(self.head());
         if let Some(every) = self.config.keep_alive {
-            self.keep_alive = Some(Box::pin(tokio::time::sleep(every)));
+            self.subscription.keep_alive(every);
         }
     }
 
@@ -490,26 +488,20 @@ impl Live {
         true
     }
 
-    /// Sends a keep-alive comment when nothing went out for the interval. The timer only says
-    /// when to look again: it is checked against the last chunk sent, not reset by every write.
-    fn poll_keep_alive(&mut self, cx: &mut Context<'_>, clock: &mut Clock) -> Poll<Option<Bytes>> {
-        let (Some(sleep), Some(every)) = (&mut self.keep_alive, self.config.keep_alive) else {
+    /// Sends a keep-alive comment when nothing went out for the interval. The bus wakes the
+    /// stream about once per interval (all streams of a bus on one tick, not a timer each), so
+    /// an idle stream sends one comment per interval, and one that wrote meanwhile waits for
+    /// the next round: two comments are at most twice the interval apart.
+    fn poll_keep_alive(&mut self, clock: &mut Clock) -> Poll<Option<Bytes>> {
+        let Some(every) = self.config.keep_alive else {
             return Poll::Pending;
         };
-        if sleep.as_mut().poll(cx).is_ready() {
-            let now = clock.now();
-            let due = self.last_sent.map_or(now, |at| at + every);
-            if now >= due {
-                sleep.as_mut().reset(now + every);
-                self.last_sent = Some(now);
-                return Poll::Ready(Some(Bytes::from_static(KEEP_ALIVE)));
-            }
-            sleep.as_mut().reset(due);
-            if sleep.as_mut().poll(cx).is_ready() {
-                cx.waker().wake_by_ref();
-            }
+        let now = clock.now();
+        if self.last_sent.is_some_and(|at| now < at + every) {
+            return Poll::Pending;
         }
-        Poll::Pending
+        self.last_sent = Some(now);
+        Poll::Ready(Some(Bytes::from_static(KEEP_ALIVE)))
     }
 }
 

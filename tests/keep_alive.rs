@@ -29,8 +29,10 @@ async fn keep_alive_comment_when_idle_and_not_before() {
             .await
             .is_err()
     );
-    // ...then a comment.
-    assert_eq!(next_chunk(&mut stream).await, ":\n\n");
+    // ...then a comment, within two intervals (the bus's tick comes round about once per
+    // interval, at a random point of it).
+    let comment = tokio::time::timeout(Duration::from_secs(31), next_chunk(&mut stream));
+    assert_eq!(comment.await.expect("a keep-alive comment"), ":\n\n");
 
     // An event restarts the interval.
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -41,7 +43,8 @@ async fn keep_alive_comment_when_idle_and_not_before() {
             .await
             .is_err()
     );
-    assert_eq!(next_chunk(&mut stream).await, ":\n\n");
+    let comment = tokio::time::timeout(Duration::from_secs(31), next_chunk(&mut stream));
+    assert_eq!(comment.await.expect("a keep-alive comment"), ":\n\n");
 }
 
 #[tokio::test(start_paused = true)]
@@ -92,4 +95,60 @@ async fn retry_has_jitter() {
         seen.insert(retry);
     }
     assert!(seen.len() > 1, "every client got the same delay");
+}
+
+/// A waker that records that it was woken.
+#[derive(Default)]
+struct Flag(std::sync::atomic::AtomicBool);
+
+impl std::task::Wake for Flag {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Keep-alives of many streams come from the bus's one tick: each idle stream, polled only when
+/// woken (as a server does), gets one comment per interval, the streams spread over it.
+#[tokio::test(start_paused = true)]
+async fn many_idle_streams_each_get_one_comment_per_interval() {
+    use std::{pin::Pin, sync::atomic::Ordering, sync::Arc, task::Context};
+
+    use http_body::Body;
+
+    let bus = EventBus::memory();
+    let mut streams = Vec::new();
+    for _ in 0..200 {
+        let sub = bus.subscribe(["t"], None).await.unwrap();
+        let stream = EventStream::new(sub).keep_alive(Some(Duration::from_secs(15)));
+        streams.push((stream, Arc::new(Flag::default())));
+    }
+    let mut counts = vec![0; streams.len()];
+    let mut first_second = std::collections::HashSet::new();
+    for second in 0..150 {
+        for (i, (stream, flag)) in streams.iter_mut().enumerate() {
+            // The first poll starts the stream; later ones only when woken.
+            if second > 0 && !flag.0.swap(false, Ordering::SeqCst) {
+                continue;
+            }
+            let waker = std::task::Waker::from(flag.clone());
+            let mut cx = Context::from_waker(&waker);
+            while let std::task::Poll::Ready(Some(frame)) =
+                Pin::new(&mut *stream).poll_frame(&mut cx)
+            {
+                let data = frame.unwrap().into_data().unwrap();
+                if second > 0 {
+                    assert_eq!(data, ":\n\n");
+                    if counts[i] == 0 {
+                        first_second.insert(second);
+                    }
+                    counts[i] += 1;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // 150 s of a 15 s interval: about nine each, depending on where its round started.
+    assert!(counts.iter().all(|&n| (8..=10).contains(&n)), "{counts:?}");
+    // Not in lockstep.
+    assert!(first_second.len() > 5, "{first_second:?}");
 }

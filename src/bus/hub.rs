@@ -35,6 +35,7 @@ use super::{
     history::{HistoryLimits, Oldest, Stored, TopicHistory},
     queue::{lock, End, Item, Push, Queue, QueueLimits},
     subscription::Subscription,
+    wheel::Wheel,
     GapReason, ResetReason, ResumeStatus, Topic,
 };
 use crate::{
@@ -84,6 +85,8 @@ struct State {
     history_bytes: usize,
     /// Queues that had a backlog at a push, checked for stalls by the periodic tick.
     backlogged: Vec<Arc<Queue>>,
+    /// Keep-alive wake-ups of the subscriptions' consumers.
+    wheel: Wheel,
     closed: bool,
     next_subscriber: u64,
     ticks: u64,
@@ -136,6 +139,7 @@ impl Hub {
                     oldest: Oldest::default(),
                     history_bytes: 0,
                     backlogged: Vec::new(),
+                    wheel: Wheel::default(),
                     closed: false,
                     next_subscriber: 0,
                     ticks: 0,
@@ -262,8 +266,18 @@ impl Hub {
         while state.history_bytes > limits.history.total_bytes && evict_oldest(state) {}
     }
 
-    /// The periodic work: ages history out, ends subscribers that stalled, compacts.
+    /// Wakes the consumer of `queue` about every `every`, for its keep-alive.
+    pub(crate) fn keep_alive(&self, queue: &Arc<Queue>, every: Duration) {
+        lock(&self.shared.state).wheel.insert(queue, every);
+    }
+
+    /// The periodic work: wakes streams for their keep-alive, ages history out, ends
+    /// subscribers that stalled, compacts.
     pub(crate) fn tick(&self, now: Instant) {
+        let due = lock(&self.shared.state).wheel.turn();
+        for queue in due {
+            queue.nudge();
+        }
         let mut guard = lock(&self.shared.state);
         let state = &mut *guard;
         let age = self.shared.limits.history.age;

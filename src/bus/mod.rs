@@ -12,6 +12,7 @@ mod queue;
 pub mod redis;
 mod subscription;
 mod topic;
+mod wheel;
 
 use std::{fmt, sync::Arc, time::Duration};
 

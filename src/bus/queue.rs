@@ -166,6 +166,14 @@ impl Queue {
         false
     }
 
+    /// Wakes the consumer if it waits for items, without giving it any (for a keep-alive).
+    pub(crate) fn nudge(&self) {
+        let waker = lock(&self.state).waker.take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
     /// Sets how long the consumer may take nothing while items wait.
     pub(crate) fn set_stall_timeout(&self, stall: Duration) {
         lock(&self.state).limits.stall = stall;

@@ -180,6 +180,13 @@ impl Subscription {
         }
     }
 
+    /// Wakes the consumer about every `every` even when no event comes, for its keep-alive.
+    pub(crate) fn keep_alive(&mut self, every: Duration) {
+        if let Some(part) = self.parts_mut().first() {
+            part.hub.keep_alive(&part.queue, every);
+        }
+    }
+
     /// Sets how long the consumer may take nothing while events wait before the subscription
     /// ends as [`Message::Stalled`].
     pub(crate) fn set_stall_timeout(&mut self, timeout: Duration) {
