@@ -5,14 +5,16 @@ use tower_layer::Layer;
 use crate::{
     auth::{Authorize, Policy},
     bus::EventBus,
-    route::{Route, StreamLimit},
+    limit::StreamLimit,
+    route::Route,
     service::Sse,
 };
 
 /// A [`Layer`] that gives every request access to the [`EventBus`] and serves event streams.
 ///
 /// The service it builds, [`Sse`], inserts a clone of the bus into every request's extensions,
-/// so any handler can publish, and answers `GET /events/{topic}` and
+/// so any handler can publish, with a [`Streams`](crate::Streams) for handlers that serve
+/// streams themselves with the layer's settings, and answers `GET /events/{topic}` and
 /// `GET /events?topic=A&topic=B` itself with a `text/event-stream`; every other request goes to
 /// the inner service untouched.
 ///
@@ -93,8 +95,9 @@ impl SseLayer {
         self
     }
 
-    /// Limits the event streams open at once through this layer (all its services together):
-    /// past `max`, a stream request gets `503 Service Unavailable` with `Retry-After`.
+    /// Limits the event streams open at once through this layer (all its services together,
+    /// and the streams handlers behind it open through [`Streams`](crate::Streams)): past
+    /// `max`, a stream request gets `503 Service Unavailable` with `Retry-After`.
     /// Default: no limit.
     pub fn max_streams(mut self, max: usize) -> Self {
         self.route.limit = Some(StreamLimit::new(max));

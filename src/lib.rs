@@ -128,8 +128,10 @@ pub mod bus;
 mod error;
 mod event;
 mod future;
+mod handler;
 mod last_event_id;
 mod layer;
+mod limit;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
@@ -151,11 +153,12 @@ pub use self::{
     error::{BusError, InvalidEvent, InvalidEventId, InvalidTopic},
     event::Event,
     future::{ResponseFuture, StreamFuture},
+    handler::{StreamError, Streams},
     last_event_id::{Cursor, EventId},
     layer::SseLayer,
     route::last_event_id,
     service::{Sse, SseService},
-    stream::{EventStream, STATUS_EVENT},
+    stream::{EventStream, Mapped, STATUS_EVENT},
 };
 
 #[cfg(feature = "redis")]

@@ -1,20 +1,14 @@
 //! Matching SSE requests and turning them into event streams.
 
-use std::{
-    borrow::Cow,
-    future::Future,
-    pin::Pin,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
-};
+use std::{borrow::Cow, future::Future, pin::Pin, sync::Arc, time::SystemTime};
 
 use http::{header::HeaderName, request::Parts, Method, Request, Response, StatusCode};
 
 use crate::{
     auth::{Denied, Policy},
-    bus::{EventBus, Topic},
+    bus::{EventBus, Subscription, Topic},
+    handler::StreamError,
+    limit::{StreamLimit, StreamPermit},
     stream::{text_response, EventStream, StreamConfig},
 };
 
@@ -32,45 +26,6 @@ pub(crate) struct Route {
     pub(crate) stream: StreamConfig,
     pub(crate) limit: Option<StreamLimit>,
     pub(crate) authorize: Option<Policy>,
-}
-
-/// The most event streams open at once, shared by every clone of a layer or service.
-#[derive(Debug, Clone)]
-pub(crate) struct StreamLimit {
-    open: Arc<AtomicUsize>,
-    max: usize,
-}
-
-/// One open stream counted against a [`StreamLimit`]; released on drop.
-#[derive(Debug)]
-pub(crate) struct StreamPermit {
-    open: Arc<AtomicUsize>,
-}
-
-impl StreamLimit {
-    pub(crate) fn new(max: usize) -> Self {
-        Self {
-            open: Arc::new(AtomicUsize::new(0)),
-            max,
-        }
-    }
-
-    fn acquire(&self) -> Option<StreamPermit> {
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| StreamPermit {
-                open: self.open.clone(),
-            })
-    }
-}
-
-impl Drop for StreamPermit {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// A request for an event stream, parsed but not yet validated against the topic rule.
@@ -126,27 +81,43 @@ impl Route {
         StreamRequest { topics, resume }
     }
 
+    /// A slot under the stream limit, if there is one.
+    pub(crate) fn slot(&self) -> Result<Option<StreamPermit>, StreamError> {
+        let Some(limit) = &self.limit else {
+            return Ok(None);
+        };
+        match limit.acquire() {
+            Some(permit) => Ok(Some(permit)),
+            None => {
+                crate::metrics::refused("limit");
+                Err(StreamError::too_many_streams())
+            }
+        }
+    }
+
+    /// The stream of `subscription` with this route's settings, holding `permit`.
+    pub(crate) fn open(
+        &self,
+        subscription: Subscription,
+        permit: Option<StreamPermit>,
+    ) -> EventStream {
+        EventStream::with_config(subscription, self.stream).hold(permit)
+    }
+
     /// Authorizes, subscribes and builds the response: the event stream, or a short error.
-    pub(crate) fn serve(&self, parts: &Parts, request: StreamRequest) -> ResponseFuture {
-        let bus = self.bus.clone();
-        let config = self.stream;
-        let mut deadline = None;
+    pub(crate) fn serve(self: &Arc<Self>, parts: &Parts, request: StreamRequest) -> ResponseFuture {
+        let mut expires = None;
         if let Some(policy) = &self.authorize {
             match authorize(policy, parts, &request.topics) {
-                Ok(expires) => deadline = expires,
+                Ok(grant) => expires = grant,
                 Err(denied) => return Box::pin(std::future::ready(denied.stream_response())),
             }
         }
-        let permit = match &self.limit {
-            Some(limit) => match limit.acquire() {
-                Some(permit) => Some(permit),
-                None => {
-                    crate::metrics::refused("limit");
-                    return Box::pin(std::future::ready(too_many_streams()));
-                }
-            },
-            None => None,
+        let permit = match self.slot() {
+            Ok(permit) => permit,
+            Err(e) => return Box::pin(std::future::ready(e.into_response())),
         };
+        let route = self.clone();
         Box::pin(async move {
             if request.topics.is_empty() {
                 return text_response(
@@ -154,14 +125,16 @@ impl Route {
                     "no topic given: use /events/{topic} or ?topic=A&topic=B",
                 );
             }
-            match bus
-                .subscribe(&request.topics, request.resume.as_deref())
-                .await
-            {
-                Ok(subscription) => EventStream::with_config(subscription, config)
-                    .hold(permit)
-                    .expire_at(deadline)
-                    .into_response(),
+            let resume = request.resume.as_deref();
+            match route.bus.subscribe(&request.topics, resume).await {
+                Ok(subscription) => {
+                    let stream = route.open(subscription, permit);
+                    match expires {
+                        Some(at) => stream.expires_at(at),
+                        None => stream,
+                    }
+                    .into_response()
+                }
                 Err(e) => EventStream::error_response(&e),
             }
         })
@@ -174,7 +147,7 @@ fn authorize(
     policy: &Policy,
     parts: &Parts,
     names: &[String],
-) -> Result<Option<tokio::time::Instant>, Denied> {
+) -> Result<Option<SystemTime>, Denied> {
     let Ok(topics) = names
         .iter()
         .map(|t| Topic::new(t))
@@ -186,13 +159,7 @@ fn authorize(
         return Ok(None);
     }
     match policy.subscribe(parts, &topics) {
-        // An instant beyond what a clock can represent is as good as never.
-        Ok(grant) => Ok(grant.expires_at().and_then(|at| {
-            let left = at
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or_default();
-            tokio::time::Instant::now().checked_add(left)
-        })),
+        Ok(grant) => Ok(grant.expires_at()),
         Err(denied) => {
             tracing::debug!(status = %denied.status_code(), reason = %denied, "stream refused");
             crate::metrics::refused(if denied.is_forbidden() {
@@ -203,18 +170,6 @@ fn authorize(
             Err(denied)
         }
     }
-}
-
-fn too_many_streams() -> Response<EventStream> {
-    let mut response = text_response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "too many open event streams on this server; retry later",
-    );
-    response.headers_mut().insert(
-        http::header::RETRY_AFTER,
-        http::HeaderValue::from_static("5"),
-    );
-    response
 }
 
 /// The resume point a client asks for: its `Last-Event-ID` header or, for clients that cannot

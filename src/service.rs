@@ -16,8 +16,10 @@ use crate::{
     bus::EventBus,
     future::ResponseFuture,
     future::StreamFuture,
+    handler::Streams,
     layer::normalize_path,
-    route::{Route, StreamLimit},
+    limit::StreamLimit,
+    route::Route,
     stream::{text_response, EventStream},
 };
 
@@ -89,7 +91,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        req.extensions_mut().insert(self.route.bus.clone());
+        let extensions = req.extensions_mut();
+        extensions.insert(self.route.bus.clone());
+        extensions.insert(Streams::new(self.route.clone()));
         if self.route.matches(&req) {
             let (parts, _body) = req.into_parts();
             let request = self.route.parse(&parts);

@@ -6,7 +6,7 @@ use std::{
     future::Future,
     pin::Pin,
     task::{Context, Poll, Waker},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -16,16 +16,33 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use crate::{
-    bus::{random_u64, Message, ResumeStatus, Subscription},
+    bus::{random_u64, EncodedEvent, Message, ResumeStatus, Subscription},
+    event::Event,
     event::KEEP_ALIVE,
     last_event_id::Cursor,
+    limit::StreamPermit,
     metrics::StreamMetrics,
-    route::StreamPermit,
 };
 
 /// The event type of the status events the stream sends: first, to say how the stream started
 /// (`fresh`, `resumed` or `reset`), and later when events may have been lost (`gap`).
 pub const STATUS_EVENT: &str = "sse-status";
+
+/// What [`EventStream::map_events`] does with one event.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Mapped {
+    /// Write the event as published: its frame, shared with every other subscriber.
+    Keep,
+    /// Do not write it. The stream still moves past it: its id goes out on a line of its own,
+    /// which a browser takes as its `Last-Event-ID` without dispatching anything, so a
+    /// reconnect does not bring it back.
+    Skip,
+    /// Write this event instead, with the original's id.
+    Replace(Event),
+}
+
+type MapFn = Box<dyn Fn(&EncodedEvent) -> Mapped + Send + Sync>;
 
 /// Frames written together in one body chunk at most (when a client has a backlog).
 const MAX_BATCH_BYTES: usize = 64 * 1024;
@@ -106,6 +123,10 @@ struct Live {
     head: Option<Bytes>,
     /// When the client's authorization ends, if it does.
     deadline: Option<Pin<Box<Sleep>>>,
+    /// What to write for each event, if not its frame as published.
+    map: Option<MapFn>,
+    /// The last event the map skipped, while nothing written carries a later id.
+    skipped: Option<EncodedEvent>,
     /// When the last chunk of any kind went out: the keep-alive timer, when it fires, is checked
     /// against it (rather than reset at every write).
     last_sent: Option<Instant>,
@@ -148,6 +169,8 @@ impl EventStream {
                 config,
                 head: None,
                 deadline: None,
+                map: None,
+                skipped: None,
                 last_sent: None,
                 last_write: None,
                 held: None,
@@ -175,12 +198,58 @@ impl EventStream {
         self
     }
 
-    /// Ends the stream at `deadline` (when the client's authorization expires).
-    pub(crate) fn expire_at(mut self, deadline: Option<Instant>) -> Self {
-        if let (Kind::Live(live), Some(at)) = (&mut self.kind, deadline) {
-            live.deadline = Some(Box::pin(tokio::time::sleep_until(at)));
+    /// Ends the stream at `at`, for example when the client's token expires: a final comment
+    /// names the id to resume from, and the browser reconnects (with a fresh token). An instant
+    /// beyond what the clock can represent never comes.
+    pub fn expires_at(mut self, at: SystemTime) -> Self {
+        let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+        if let (Kind::Live(live), Some(deadline)) =
+            (&mut self.kind, Instant::now().checked_add(left))
+        {
+            live.deadline = Some(Box::pin(tokio::time::sleep_until(deadline)));
         }
         self
+    }
+
+    /// Decides per event what this stream writes: the event as published
+    /// ([`Mapped::Keep`], sharing its frame with every other subscriber), nothing
+    /// ([`Mapped::Skip`], the client's position still moves past it), or another event in its
+    /// place ([`Mapped::Replace`], with the same id). For per-user filtering on a shared
+    /// topic, or a view of an event for this client.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_sse::{EventBus, EventStream, Mapped};
+    ///
+    /// # async fn handler(bus: EventBus, user: String) -> Result<(), tower_sse::BusError> {
+    /// let subscription = bus.subscribe(["orders"], None).await?;
+    /// let stream = EventStream::new(subscription).map_events(move |event| {
+    ///     if event.data().contains(&user) { Mapped::Keep } else { Mapped::Skip }
+    /// });
+    /// # let _ = stream; Ok(())
+    /// # }
+    /// ```
+    pub fn map_events(
+        mut self,
+        map: impl Fn(&EncodedEvent) -> Mapped + Send + Sync + 'static,
+    ) -> Self {
+        if let Kind::Live(live) = &mut self.kind {
+            live.map = Some(Box::new(map));
+        }
+        self
+    }
+
+    /// Writes only the events for which `keep` is true; see [`map_events`](Self::map_events)
+    /// (the others are [`Mapped::Skip`]ped).
+    pub fn filter(self, keep: impl Fn(&EncodedEvent) -> bool + Send + Sync + 'static) -> Self {
+        self.map_events(move |event| {
+            if keep(event) {
+                Mapped::Keep
+            } else {
+                Mapped::Skip
+            }
+        })
     }
 
     fn config_mut(&mut self) -> Option<&mut StreamConfig> {
@@ -414,20 +483,23 @@ impl Live {
     /// backlog.
     fn gather(&mut self, cx: &mut Context<'_>, chunk: &mut Chunk) -> bool {
         self.backlog = false;
-        while chunk.len < MAX_BATCH_BYTES {
+        let pending = loop {
+            if chunk.len >= MAX_BATCH_BYTES {
+                self.backlog = true;
+                break false;
+            }
             match Pin::new(&mut self.subscription).poll_next(cx) {
-                Poll::Pending => return true,
-                Poll::Ready(Some(Message::Event(event))) => {
-                    chunk.events += 1;
-                    chunk.push_owned(event.into_frame());
-                }
+                Poll::Pending => break true,
+                Poll::Ready(Some(Message::Event(event))) => self.put_event(event, chunk),
                 Poll::Ready(Some(Message::Gap(reason))) => {
+                    self.put_skipped(chunk);
                     let mut buf = BytesMut::new();
                     let data = format!(r#"{{"status":"gap","reason":"{}"}}"#, reason.as_str());
                     put_status(&mut buf, &data, None);
                     chunk.push(&buf);
                 }
                 Poll::Ready(Some(end)) => {
+                    self.put_skipped(chunk);
                     let why = match end {
                         Message::Lagged => "disconnected: this client fell too far behind",
                         Message::Stalled => "disconnected: this client stopped reading",
@@ -439,16 +511,43 @@ impl Live {
                     );
                     chunk.push(comment.as_bytes());
                     self.done = true;
-                    return false;
+                    break false;
                 }
                 Poll::Ready(None) => {
                     self.done = true;
-                    return false;
+                    break false;
                 }
             }
+        };
+        self.put_skipped(chunk);
+        pending
+    }
+
+    /// Adds an event to `chunk` as the stream's map says: as published (its shared frame),
+    /// replaced, or skipped (remembered, so its id still goes out).
+    fn put_event(&mut self, event: EncodedEvent, chunk: &mut Chunk) {
+        let mapped = self.map.as_ref().map_or(Mapped::Keep, |map| map(&event));
+        match mapped {
+            Mapped::Keep => chunk.push_owned(event.into_frame()),
+            Mapped::Skip => {
+                self.skipped = Some(event);
+                return;
+            }
+            Mapped::Replace(replacement) => {
+                chunk.push_owned(replacement.encode_with_id(event.id_line()));
+            }
         }
-        self.backlog = true;
-        false
+        chunk.events += 1;
+        self.skipped = None;
+    }
+
+    /// Writes the id of the last skipped event, if nothing written since carries a later one:
+    /// an `id:` line alone, which a browser takes as its `Last-Event-ID` without dispatching
+    /// anything, so a reconnect does not replay what was skipped.
+    fn put_skipped(&mut self, chunk: &mut Chunk) {
+        if let Some(id) = self.skipped.take().as_ref().and_then(EncodedEvent::id_line) {
+            chunk.push(format!("id: {id}\n\n").as_bytes());
+        }
     }
 
     /// Ends the stream when the client's authorization has expired.

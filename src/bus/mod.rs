@@ -2,6 +2,7 @@
 
 mod backend;
 mod budget;
+mod encoded;
 mod history;
 pub(crate) mod hub;
 mod janitor;

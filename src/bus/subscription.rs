@@ -11,6 +11,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_core::Stream;
 use tokio::time::Instant;
 
+pub use super::encoded::EncodedEvent;
 use super::{
     budget::ReplayPermit,
     hub::Hub,
@@ -93,39 +94,6 @@ pub enum Message {
     /// The bus is shutting down; the stream ends. Resume elsewhere from
     /// [`Subscription::last_event_id`].
     Closed,
-}
-
-/// An event as delivered to subscribers: its id and its complete encoded frame.
-#[derive(Clone, PartialEq, Eq)]
-pub struct EncodedEvent {
-    id: EventId,
-    frame: Bytes,
-}
-
-impl EncodedEvent {
-    /// The event's id.
-    pub fn id(&self) -> EventId {
-        self.id
-    }
-
-    /// The `text/event-stream` frame, ending with the blank line that dispatches it.
-    pub fn frame(&self) -> &Bytes {
-        &self.frame
-    }
-
-    /// Takes the frame.
-    pub fn into_frame(self) -> Bytes {
-        self.frame
-    }
-}
-
-impl fmt::Debug for EncodedEvent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EncodedEvent")
-            .field("id", &self.id)
-            .field("len", &self.frame.len())
-            .finish()
-    }
 }
 
 impl Subscription {
@@ -304,7 +272,7 @@ impl Part {
         match item {
             Item::Event(id, frame) => {
                 self.last_id = id;
-                Message::Event(EncodedEvent { id, frame })
+                Message::Event(EncodedEvent::new(id, frame))
             }
             Item::Gap(reason) => Message::Gap(reason),
         }
@@ -361,12 +329,9 @@ impl PerTopic {
                 Poll::Pending | Poll::Ready(None) => continue,
                 Poll::Ready(Some(Message::Event(event))) => {
                     self.next = (i + 1) % n;
-                    self.ids[i] = event.id;
-                    let frame = with_cursor(&event.frame, &self.ids);
-                    return Poll::Ready(Some(Message::Event(EncodedEvent {
-                        id: event.id,
-                        frame,
-                    })));
+                    self.ids[i] = event.id();
+                    let frame = with_cursor(event.frame(), &self.ids);
+                    return Poll::Ready(Some(Message::Event(EncodedEvent::new(event.id(), frame))));
                 }
                 Poll::Ready(Some(end @ (Message::Lagged | Message::Stalled | Message::Closed))) => {
                     self.done = true;
