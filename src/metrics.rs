@@ -17,6 +17,7 @@
 //! | `sse_events_dropped_total` | counter | | events discarded from the queues of subscribers disconnected for falling behind |
 //! | `sse_slow_consumer_disconnects_total` | counter | | subscribers disconnected for falling behind |
 //! | `sse_redis_reconnects_total` | counter | | times a Redis backend got its lost connection back |
+//! | `sse_redis_rejected_total` | counter | `reason`: `malformed`, `epoch`, `ahead`, `stale` | messages and stream entries from Redis that are not events of this bus, dropped (see the module `bus::redis`) |
 //! | `sse_topics` | gauge | | topics with subscribers or history ([`record_stats`]) |
 //! | `sse_subscriptions` | gauge | | topic subscriptions ([`record_stats`]) |
 //! | `sse_history_events`, `sse_history_bytes` | gauge | | events and bytes held for resume ([`record_stats`]) |
@@ -79,6 +80,10 @@ pub fn describe() {
     describe_counter!(
         "sse_redis_reconnects_total",
         "Times a Redis backend got its lost connection back."
+    );
+    describe_counter!(
+        "sse_redis_rejected_total",
+        "Messages and stream entries from Redis that are not events of this bus, by reason."
     );
     describe_gauge!("sse_topics", "Topics with subscribers or history.");
     describe_gauge!("sse_subscriptions", "Topic subscriptions on this instance.");
@@ -215,4 +220,13 @@ pub(crate) fn lagged(dropped: usize) {
 pub(crate) fn redis_reconnected() {
     #[cfg(feature = "metrics")]
     ::metrics::counter!("sse_redis_reconnects_total").increment(1);
+}
+
+/// A message or stream entry from Redis was dropped as not an event of this bus.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn redis_rejected(reason: &'static str) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("sse_redis_rejected_total", "reason" => reason).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = reason;
 }
