@@ -215,11 +215,16 @@ impl Core {
             return Ok(false);
         }
         if seq > counter.seq {
-            // Published after the counter was read: it must follow what was delivered.
-            self.settle(lane, state, counter.seq);
-            if seq != state.delivered + 1 {
+            // Published after the counter was read: it must follow what was delivered (on
+            // Pub/Sub, up to the counter: what was not heard of that is lost).
+            let last = match self.kind {
+                Kind::PubSub => state.delivered.max(counter.seq),
+                Kind::Streams => state.delivered,
+            };
+            if seq != last + 1 {
                 return Err(Rejection::Ahead);
             }
+            self.settle(lane, state, counter.seq);
         }
         Ok(true)
     }
