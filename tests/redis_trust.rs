@@ -7,14 +7,16 @@
 
 mod support;
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use support::{
+    bus::{next_event, publish as publish_on, text, within},
     cluster::{key_slot, RedisCluster},
     demo::Demo,
     http::{request, SseClient},
     redis::RedisServer,
 };
+use tower_sse::{Event, EventBus, RedisConfig, SubscribeMode};
 
 /// The value of the sample `name` (with its labels, as written) in Prometheus text.
 fn sample(text: &str, name: &str) -> Option<f64> {
@@ -185,4 +187,117 @@ async fn cluster_pubsub_drops_forged_messages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_streams_drops_forged_messages() {
     cluster_drops_forged_messages("streams", "n").await;
+}
+
+/// The frame the publish script stored as the first entry of `stream`, run through `command`
+/// (on one server, or on the cluster node that owns the stream).
+fn first_stored_frame(command: impl Fn(&[&str]) -> String, stream: &str) -> String {
+    let script = "local entry = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1] \
+                  for i = 1, #entry[2], 2 do \
+                    if entry[2][i] == 'f' then return entry[2][i + 1] end \
+                  end";
+    command(&["EVAL", script, "1", stream])
+}
+
+/// Events with every field the encoder writes.
+fn every_field() -> Vec<Event> {
+    vec![
+        Event::new("one line"),
+        Event::new("two\nlines\r\nand\rthree\n")
+            .event("kind")
+            .unwrap(),
+        Event::new("x")
+            .comment("a comment\non two lines")
+            .retry(Duration::from_millis(2500)),
+        Event::default(),
+    ]
+}
+
+/// What the scripts store and announce is the encoder's frame with the bus's id, in its
+/// envelope: Rust writes the fields, the prelude only the id line and the blank line.
+#[tokio::test]
+async fn the_scripts_write_what_the_encoder_writes() {
+    let server = redis_or_skip!();
+    let config = RedisConfig::new(server.url());
+    let bus = within("connecting", EventBus::builder().redis_streams(config))
+        .await
+        .unwrap();
+    for (i, event) in every_field().into_iter().enumerate() {
+        let topic = format!("encoded-{i}");
+        let mut sub = bus.subscribe([&topic], None).await.unwrap();
+        let published = bus.publish(&topic, event.clone()).await.unwrap();
+        let expected = event.id(published.id().to_string()).unwrap().encode();
+        let expected = String::from_utf8(expected.to_vec()).unwrap();
+        // As stored (and announced, which is the same frame), in its envelope.
+        let stored = first_stored_frame(|c| server.command(c), &format!("tower-sse:s:{topic}"));
+        let (envelope, frame) = stored.split_once('\n').unwrap();
+        assert!(envelope.starts_with(":@t="), "{stored:?}");
+        assert_eq!(frame, expected);
+        // As delivered.
+        assert_eq!(text(&next_event(&mut sub).await), expected);
+    }
+}
+
+/// The same on a cluster, whose scripts share the prelude.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_scripts_write_what_the_encoder_writes() {
+    let Some(cluster) = tokio::task::spawn_blocking(|| RedisCluster::start(0))
+        .await
+        .expect("start the cluster")
+    else {
+        return;
+    };
+    let config = RedisConfig::cluster(cluster.urls());
+    let bus = within("connecting", EventBus::builder().redis_streams(config))
+        .await
+        .unwrap();
+    for (i, event) in every_field().into_iter().enumerate() {
+        let topic = format!("encoded-{i}");
+        let published = bus.publish(&topic, event.clone()).await.unwrap();
+        let expected = event.id(published.id().to_string()).unwrap().encode();
+        let stream = format!("tower-sse:{{{topic}}}:s");
+        let owner = cluster.owner_of_slot(key_slot(&stream));
+        let stored = first_stored_frame(|c| cluster.command(owner, c), &stream);
+        let (_envelope, frame) = stored.split_once('\n').unwrap();
+        assert_eq!(frame.as_bytes(), &expected[..]);
+    }
+}
+
+/// A real event far ahead of what an instance heard (other topics took many numbers
+/// meanwhile) is checked against the counter and delivered, on both backends.
+async fn far_ahead_but_real_is_delivered(streams: bool) {
+    let server = redis_or_skip!();
+    let config = || RedisConfig::new(server.url()).mode(SubscribeMode::Interest);
+    let connect = |config| async move {
+        let builder = EventBus::builder();
+        let bus = match streams {
+            true => builder.redis_streams(config).await,
+            false => builder.redis_pubsub(config).await,
+        };
+        bus.expect("connect")
+    };
+    let publisher = within("connecting", connect(config())).await;
+    let listener = within("connecting", connect(config())).await;
+    let mut sub = listener.subscribe(["quiet"], None).await.unwrap();
+    let first = publish_on(&publisher, "quiet", "first").await;
+    assert_eq!(next_event(&mut sub).await.id(), first);
+    // What a busy namespace does to the numbers of a quiet topic.
+    server.command(&["HINCRBY", "tower-sse:state", "seq", "1000000"]);
+    let far = publish_on(&publisher, "quiet", "far").await;
+    assert!(far.sequence() > first.sequence() + 1_000_000);
+    let event = next_event(&mut sub).await;
+    assert_eq!(event.id(), far);
+    assert_eq!(text(&event), format!("data: far\nid: {far}\n\n"));
+    let next = publish_on(&publisher, "quiet", "next").await;
+    assert_eq!(next_event(&mut sub).await.id(), next);
+}
+
+#[tokio::test]
+async fn pubsub_delivers_real_events_far_ahead() {
+    far_ahead_but_real_is_delivered(false).await;
+}
+
+#[tokio::test]
+async fn streams_delivers_real_events_far_ahead() {
+    far_ahead_but_real_is_delivered(true).await;
 }
