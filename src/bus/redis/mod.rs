@@ -134,10 +134,13 @@
 //!
 //! # TLS
 //!
-//! With the feature `tls`, `rediss://` URLs connect over TLS (rustls), verifying the server
-//! against the operating system's trusted roots; set `SSL_CERT_FILE` to a PEM file to trust
-//! other roots (a private CA). Without the feature, a `rediss://` URL is refused with an error
-//! saying so.
+//! With the feature `tls`, `rediss://` URLs (and cluster seeds) connect over TLS 1.2 or 1.3
+//! with rustls and its `ring` provider, verifying the server against the operating system's
+//! trusted roots (`rustls-native-certs`, which managed services' public CAs are in); set
+//! `SSL_CERT_FILE` (or `SSL_CERT_DIR`) to trust other roots, a private CA say. If your
+//! application builds rustls with another provider as well, install one process-wide
+//! (`rustls::crypto::CryptoProvider::install_default`) before connecting. Without the feature,
+//! a `rediss://` URL is refused with an error saying so.
 //!
 //! # Shutdown
 //!

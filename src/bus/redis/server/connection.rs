@@ -254,6 +254,11 @@ impl Route for Shared {
 /// Parses the URL and forces RESP3, which delivers subscription messages as pushes on a
 /// connection that also serves commands.
 pub(super) fn open_client(url: &str) -> Result<Client, BusError> {
+    if cfg!(not(feature = "tls")) && url.starts_with("rediss://") {
+        return Err(BusError::new(BusErrorKind::Unavailable(
+            "invalid Redis URL: `rediss://` (TLS) needs the `tls` feature of tower-sse".into(),
+        )));
+    }
     let invalid = |e: ::redis::RedisError| {
         BusError::with_source(
             BusErrorKind::Unavailable(format!("invalid Redis URL: {e}")),
