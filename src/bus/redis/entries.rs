@@ -3,7 +3,7 @@
 //! An entry's id is `{seq}-0`; its fields are `f`, the frame as the publish script built it (in
 //! its envelope), and on one server `p`, the topic's previous event (see the Streams backend).
 //! On a cluster each topic is numbered on its own, without holes, so an entry's previous event
-//! is `seq - 1`. Every entry passes [`validate`](super::validate); one that fails is left out of
+//! is `seq - 1`. Every entry passes [`validate`]; one that fails is left out of
 //! its page and counted, so readers find a hole where it was.
 
 use std::time::Duration;

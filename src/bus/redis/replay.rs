@@ -263,6 +263,8 @@ fn page_size(page: usize, left: usize) -> usize {
     page.min(left.max(MIN_PAGE.min(page)))
 }
 
+/// Reads `topic` after `after` up to `until` and the first entry beyond, page by page, each
+/// page within the budget.
 async fn read_topic(
     inner: &Inner,
     pages: &impl Pages,
@@ -272,7 +274,7 @@ async fn read_topic(
     first: OwnedSemaphorePermit,
 ) -> Result<TopicRead, Failure> {
     // Held until the read is over.
-    let mut permits: Option<OwnedSemaphorePermit> = None;
+    let mut held: Option<OwnedSemaphorePermit> = None;
     let mut read = TopicRead {
         exists: true,
         horizon: 0,
@@ -294,31 +296,39 @@ async fn read_topic(
             .map_err(Failure::Unavailable)?;
         // Keep what the entries take; give back the rest of the page.
         drop(permit.split(size - page.entries.len().min(size)));
-        match &mut permits {
+        match &mut held {
             Some(held) => held.merge(permit),
-            None => permits = Some(permit),
+            None => held = Some(permit),
         }
-        if !page.exists {
-            if cursor != after {
-                let reason = format!("the stream of {topic} expired while it was read");
-                return Err(Failure::Unavailable(reason));
-            }
-            read.exists = false;
-            read.horizon = page.horizon;
-            return Ok(read);
+        if !page.exists && cursor != after {
+            let reason = format!("the stream of {topic} expired while it was read");
+            return Err(Failure::Unavailable(reason));
         }
         let full = page.read >= size;
         cursor = page.last.unwrap_or(cursor).max(cursor);
-        for entry in page.entries {
-            if entry.seq > until {
-                read.next = Some((entry.epoch, entry.prev.seq));
-                break;
-            }
-            read.entries.push(entry);
-        }
-        if read.next.is_some() || !full {
+        if read.take(page, until) || !full {
             return Ok(read);
         }
+    }
+}
+
+impl TopicRead {
+    /// Takes in a page; true when the read is over (the stream is gone, or an entry beyond
+    /// `until` came).
+    fn take(&mut self, page: Page, until: u64) -> bool {
+        if !page.exists {
+            self.exists = false;
+            self.horizon = page.horizon;
+            return true;
+        }
+        for entry in page.entries {
+            if entry.seq > until {
+                self.next = Some((entry.epoch, entry.prev.seq));
+                return true;
+            }
+            self.entries.push(entry);
+        }
+        false
     }
 }
 

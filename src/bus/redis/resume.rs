@@ -68,25 +68,36 @@ pub(super) async fn resume_from_cursor<P: Pages>(
             // Redis has not issued this id (yet).
             return Ok(reset(registration, ResetReason::UnknownId));
         }
-        let ranges: Vec<(Topic, u64)> = topics
-            .iter()
-            .cloned()
-            .zip(registration.known().iter().copied())
-            .collect();
-        let epoch = registration.epoch();
-        let read = replay
-            .read(pages, &ranges, cursor.sequence(), epoch)
-            .await?;
-        return Ok(match read {
-            Some(replay) => {
-                let status = ResumeStatus::Resumed {
-                    replayed: replay.len(),
-                };
-                registration.finish(replay, status, cursor)
-            }
-            None => reset(registration, ResetReason::HistoryExpired),
-        });
+        return finish(registration, replay, pages, topics, cursor).await;
     }
+}
+
+/// Finishes `registration` with the events after `cursor` read from the streams (step 4).
+async fn finish<P: Pages>(
+    registration: Registration,
+    replay: &Replay,
+    pages: &Arc<P>,
+    topics: &[Topic],
+    cursor: EventId,
+) -> Result<Subscription, BusError> {
+    let ranges: Vec<(Topic, u64)> = topics
+        .iter()
+        .cloned()
+        .zip(registration.known().iter().copied())
+        .collect();
+    let epoch = registration.epoch();
+    let read = replay
+        .read(pages, &ranges, cursor.sequence(), epoch)
+        .await?;
+    Ok(match read {
+        Some(replay) => {
+            let status = ResumeStatus::Resumed {
+                replayed: replay.len(),
+            };
+            registration.finish(replay, status, cursor)
+        }
+        None => reset(registration, ResetReason::HistoryExpired),
+    })
 }
 
 /// Starts the subscription from the watermark, with a reset saying why.

@@ -9,7 +9,7 @@
 //! # The frame
 //!
 //! The publish scripts (`frame` in `lua/prelude.lua`) store and announce every event as one
-//! frame of the `text/event-stream` format, in its [envelope](super::envelope):
+//! frame of the `text/event-stream` format, in its [envelope]:
 //!
 //! ```text
 //! :@t=1700000000000000\n      the envelope's line (optional)

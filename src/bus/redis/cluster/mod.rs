@@ -17,7 +17,7 @@
 //!
 //! # Lanes
 //!
-//! An instance keeps a [lane](lane) per topic its clients follow: a hub of its own (ids of
+//! An instance keeps a [lane] per topic its clients follow: a hub of its own (ids of
 //! different topics are not comparable, so each topic is its own history) and the state of the
 //! topic's subscription. Messages are checked and delivered to the lane's hub as they arrive,
 //! from the connection's push callback ([`push`]). A lane is [synced](sync) when it starts, when
@@ -143,20 +143,7 @@ impl RedisCluster {
             .map(|url| redacted_url(url))
             .collect::<Vec<_>>()
             .join(", ");
-        let conn = match timeout(config.connect_timeout, client.get_async_connection()).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                let reason = format!("cannot connect to the Redis Cluster at {seeds}: {e}");
-                return Err(unavailable(reason));
-            }
-            Err(_elapsed) => {
-                let waited = config.connect_timeout;
-                let reason = format!(
-                    "cannot connect to the Redis Cluster at {seeds}: no answer within {waited:?}"
-                );
-                return Err(unavailable(reason));
-            }
-        };
+        let conn = open(&client, &seeds, config.connect_timeout).await?;
         let (janitor, chores) = mpsc::unbounded_channel();
         let core = Arc::new(Core::new(&config, kind, limits, conn, janitor));
         let _ = slot.set(Arc::downgrade(&core));
@@ -210,6 +197,24 @@ fn check(config: &RedisConfig) -> Result<(), BusError> {
         ));
     }
     Ok(())
+}
+
+/// Connects to the cluster through `client` (seeded with `seeds`, for messages).
+async fn open(
+    client: &ClusterClient,
+    seeds: &str,
+    limit: Duration,
+) -> Result<ClusterConnection, BusError> {
+    let failed = |why: String| {
+        unavailable(format!(
+            "cannot connect to the Redis Cluster at {seeds}: {why}"
+        ))
+    };
+    match timeout(limit, client.get_async_connection()).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(failed(e.to_string())),
+        Err(_elapsed) => Err(failed(format!("no answer within {limit:?}"))),
+    }
 }
 
 /// A RESP3 client whose pushes go to the core in `slot`, once it is there.
