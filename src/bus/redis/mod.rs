@@ -147,6 +147,7 @@
 //! [`EventBus::shutdown`] stops listening to Redis (open subscriptions end), but publishing keeps
 //! working until the last [`EventBus`] clone is dropped, which closes the connections.
 
+mod backend;
 mod backoff;
 mod cluster;
 mod config;

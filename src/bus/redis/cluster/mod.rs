@@ -66,6 +66,7 @@ use tokio::{
 
 use self::{janitor::Chore, lane::Lane, names::Names};
 use super::{
+    backend::RedisBackend,
     config::redacted_url,
     entries::Numbering,
     publish::{idempotency_key, Publisher, Target},
@@ -75,13 +76,11 @@ use super::{
 };
 use crate::{
     bus::{
-        backend::{Backend, BoxFuture},
         hub::{Hub, HubStats, Limits},
         queue::lock,
-        random_u32, Health, Published, Subscription, Topic,
+        random_u32, Health, Subscription, Topic,
     },
     error::{BusError, BusErrorKind},
-    event::Event,
 };
 
 /// Which backend runs on the cluster.
@@ -104,7 +103,7 @@ pub(super) struct RedisCluster {
 }
 
 /// What the backend, the lanes' tasks and the push callback share.
-struct Core {
+pub(super) struct Core {
     kind: Kind,
     conn: ClusterConnection,
     names: Names,
@@ -165,20 +164,6 @@ impl RedisCluster {
                 Numbering::PerTopic,
             ),
         })
-    }
-
-    async fn publish(&self, topic: Topic, event: Event) -> Result<Published, BusError> {
-        let names = &self.core.names;
-        let stores = self.core.kind == Kind::Streams;
-        let target = Target {
-            state: names.state(&topic),
-            channel: names.channel(&topic),
-            stream: stores.then(|| names.stream(&topic)),
-            idempotency: stores.then(|| names.idempotency(&topic, &idempotency_key())),
-            clock: None,
-        };
-        let id = self.publisher.publish(&*self.core, &target, &event).await?;
-        Ok(Published::new(id, false))
     }
 }
 
@@ -276,17 +261,35 @@ impl Core {
     }
 }
 
-impl Backend for RedisCluster {
-    fn publish(&self, topic: Topic, event: Event) -> BoxFuture<'_, Result<Published, BusError>> {
-        Box::pin(self.publish(topic, event))
+impl RedisBackend for RedisCluster {
+    type Route = Core;
+
+    fn route(&self) -> &Core {
+        &self.core
     }
 
-    fn subscribe(
+    fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    fn target(&self, topic: &Topic) -> Target {
+        let names = &self.core.names;
+        let stores = self.publisher.stores();
+        Target {
+            state: names.state(topic),
+            channel: names.channel(topic),
+            stream: stores.then(|| names.stream(topic)),
+            idempotency: stores.then(|| names.idempotency(topic, &idempotency_key())),
+            clock: None,
+        }
+    }
+
+    async fn subscribe(
         &self,
         topics: Vec<Topic>,
         resume: Option<String>,
-    ) -> BoxFuture<'_, Result<Subscription, BusError>> {
-        Box::pin(self.subscribe(topics, resume))
+    ) -> Result<Subscription, BusError> {
+        self.subscribe_lanes(topics, resume).await
     }
 
     fn health(&self) -> Health {

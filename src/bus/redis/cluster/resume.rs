@@ -25,7 +25,7 @@ use crate::{
 
 impl RedisCluster {
     /// Subscribes to the lane of each topic, resuming each from its position in `resume`.
-    pub(super) async fn subscribe(
+    pub(super) async fn subscribe_lanes(
         &self,
         topics: Vec<Topic>,
         resume: Option<String>,

@@ -53,7 +53,7 @@ pub(super) trait Receiver: Send + Sync + 'static {
 }
 
 /// What the backend and the supervisor share.
-pub(super) struct Shared {
+pub(in crate::bus::redis) struct Shared {
     pub(super) names: Names,
     pub(super) link: Mutex<Link>,
     /// Not bounded by a capacity, but by the subscriptions: each sends one `Want` when it starts
@@ -115,7 +115,7 @@ impl Drop for Interest {
 
 /// The backend's handle on the connection. Dropping it closes the connection and ends the
 /// supervisor.
-pub(super) struct Handle {
+pub(in crate::bus::redis) struct Handle {
     shared: Arc<Shared>,
 }
 

@@ -13,12 +13,14 @@ mod supervisor;
 
 use std::{fmt, future::Future};
 
-use self::connection::Handle;
+use self::connection::{Handle, Shared};
 use crate::{
     bus::{
-        backend::{Backend, BoxFuture},
         hub::Hub,
-        redis::publish::Publisher,
+        redis::{
+            backend::RedisBackend,
+            publish::{Publisher, Target},
+        },
         Health, Published, Subscription, Topic,
     },
     error::{BusError, BusErrorKind},
@@ -61,45 +63,47 @@ impl<W: Wiring> OneServer<W> {
             wiring,
         }
     }
-
-    async fn publish(&self, topic: Topic, event: Event) -> Result<Published, BusError> {
-        if self.conn.link().conn.is_none() {
-            // Under the link's lock: a reconnect ends local-only publishing under it too.
-            let link = self.conn.link();
-            if link.conn.is_none() {
-                if let Some(published) = self.wiring.publish_locally(&topic, &event) {
-                    return Ok(published);
-                }
-            }
-        }
-        let target = self.conn.names.target(&topic, self.publisher.stores());
-        let id = self.publisher.publish(&*self.conn, &target, &event).await?;
-        Ok(Published::new(id, false))
-    }
 }
 
-impl<W: Wiring> Backend for OneServer<W> {
-    fn publish(&self, topic: Topic, event: Event) -> BoxFuture<'_, Result<Published, BusError>> {
-        Box::pin(self.publish(topic, event))
+impl<W: Wiring> RedisBackend for OneServer<W> {
+    type Route = Shared;
+
+    fn route(&self) -> &Shared {
+        &self.conn
     }
 
-    fn subscribe(
+    fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    fn target(&self, topic: &Topic) -> Target {
+        self.conn.names.target(topic, self.publisher.stores())
+    }
+
+    fn publish_locally(&self, topic: &Topic, event: &Event) -> Option<Published> {
+        // Under the link's lock: a reconnect ends local-only publishing under it too.
+        let link = self.conn.link();
+        match link.conn {
+            None => self.wiring.publish_locally(topic, event),
+            Some(_) => None,
+        }
+    }
+
+    async fn subscribe(
         &self,
         topics: Vec<Topic>,
         resume: Option<String>,
-    ) -> BoxFuture<'_, Result<Subscription, BusError>> {
-        Box::pin(async move {
-            if self.hub.is_closed() {
-                return Err(BusError::new(BusErrorKind::Closed));
-            }
-            if self.wiring.hears_all() {
-                return self.wiring.subscribe(topics, resume).await;
-            }
-            // Registered before the request: released even if this future is dropped.
-            let interest = self.conn.want(topics.clone()).await;
-            let subscription = self.wiring.subscribe(topics, resume).await?;
-            Ok(subscription.with_guard(Box::new(interest)))
-        })
+    ) -> Result<Subscription, BusError> {
+        if self.hub.is_closed() {
+            return Err(BusError::new(BusErrorKind::Closed));
+        }
+        if self.wiring.hears_all() {
+            return self.wiring.subscribe(topics, resume).await;
+        }
+        // Registered before the request: released even if this future is dropped.
+        let interest = self.conn.want(topics.clone()).await;
+        let subscription = self.wiring.subscribe(topics, resume).await?;
+        Ok(subscription.with_guard(Box::new(interest)))
     }
 
     fn health(&self) -> Health {
