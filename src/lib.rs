@@ -140,7 +140,6 @@ mod metrics;
 mod route;
 mod service;
 mod stream;
-mod trace;
 
 #[doc(inline)]
 pub use self::{

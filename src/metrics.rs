@@ -19,6 +19,7 @@
 //! | `sse_history_evictions_total` | counter | | events that left history for its bounds (count, bytes, age, the bound across topics) |
 //! | `sse_replays_refused_total` | counter | | resumes refused because their replay did not fit in the replay budget in time |
 //! | `sse_redis_reconnects_total` | counter | | times a Redis backend got its lost connection back |
+//! | `sse_redis_rejected_total` | counter | `reason`: `malformed`, `epoch`, `ahead`, `stale` | messages and stream entries from Redis that are not events of this bus, dropped (see the module `bus::redis`) |
 //! | `sse_topics` | gauge | | topics with subscribers or history ([`record_stats`]) |
 //! | `sse_subscriptions` | gauge | | topic subscriptions ([`record_stats`]) |
 //! | `sse_history_events`, `sse_history_bytes` | gauge | | events and bytes held for resume ([`record_stats`]) |
@@ -90,6 +91,10 @@ pub fn describe() {
     describe_counter!(
         "sse_redis_reconnects_total",
         "Times a Redis backend got its lost connection back."
+    );
+    describe_counter!(
+        "sse_redis_rejected_total",
+        "Messages and stream entries from Redis that are not events of this bus, by reason."
     );
     describe_gauge!("sse_topics", "Topics with subscribers or history.");
     describe_gauge!("sse_subscriptions", "Topic subscriptions on this instance.");
@@ -246,4 +251,13 @@ pub(crate) fn replay_refused() {
 pub(crate) fn redis_reconnected() {
     #[cfg(feature = "metrics")]
     ::metrics::counter!("sse_redis_reconnects_total").increment(1);
+}
+
+/// A message or stream entry from Redis was dropped as not an event of this bus.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn redis_rejected(reason: &'static str) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("sse_redis_rejected_total", "reason" => reason).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = reason;
 }

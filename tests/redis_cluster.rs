@@ -697,3 +697,94 @@ async fn an_unreachable_cluster_is_unhealthy_and_recovers() {
         }
     }
 }
+
+/// A publish whose answer does not come in time is sent once more with the same idempotency
+/// key, as on one server: the cluster stores it once and the publisher gets its id. (The
+/// cluster client's own response timeout fails the first attempt with a Redis error that is a
+/// timeout; that, a dropped connection and an IO error are all worth a second attempt.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_that_timed_out_is_sent_again_and_stored_once() {
+    let cluster = Arc::new(cluster_or_skip!(0));
+    let short = config(&cluster).publish_timeout(Duration::from_millis(500));
+    let a = within("connecting", EventBus::builder().redis_streams(short))
+        .await
+        .expect("connect");
+    let b = connect(&cluster, Backend::Streams).await;
+    let topic = "retried";
+    let mut sub = b.subscribe([topic], None).await.expect("subscribe");
+    // The script is loaded on the topic's primary before the pause.
+    let first = publish_retrying(&a, topic, "first".into()).await;
+    assert_eq!(next_event(&mut sub).await.id(), first);
+
+    let frozen = cluster.clone();
+    tokio::task::spawn_blocking(move || frozen.pause_all())
+        .await
+        .unwrap();
+    let publishing = tokio::spawn({
+        let a = a.clone();
+        async move { a.publish(topic, Event::new("once")).await }
+    });
+    // The first attempt times out; the second is on its way when the cluster answers again.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let thawed = cluster.clone();
+    tokio::task::spawn_blocking(move || thawed.resume_all())
+        .await
+        .unwrap();
+    let published = within("the publish", publishing)
+        .await
+        .unwrap()
+        .expect("sent again, and answered with the id of the first attempt");
+
+    let event = next_event(&mut sub).await;
+    assert_eq!(event.id(), published.id());
+    assert_eq!(text(&event), format!("data: once\nid: {}\n\n", event.id()));
+    let marker = publish_retrying(&a, topic, "marker".into()).await;
+    assert_eq!(next_event(&mut sub).await.id(), marker, "no second copy");
+    let owner = cluster.owner_of_slot(slot_of(topic));
+    let stream = format!("tower-sse:{{{topic}}}:s");
+    assert_eq!(cluster.command(owner, &["XLEN", &stream]), "3");
+}
+
+/// Resumes of one topic arriving together share the reads of its stream: with a replay budget
+/// of about one read and no waiting for it, all of them get through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_resumes_of_a_topic_share_reads() {
+    let cluster = cluster_or_skip!(0);
+    let a = connect(&cluster, Backend::Streams).await;
+    let small = config(&cluster)
+        .replay_budget(300)
+        .replay_wait(Duration::ZERO);
+    let b = within("connecting", EventBus::builder().redis_streams(small))
+        .await
+        .expect("connect");
+    let topic = "shared";
+    let mut events = Vec::new();
+    for i in 0..50 {
+        let data = format!("e{i}");
+        events.push((publish_retrying(&a, topic, data.clone()).await, data));
+    }
+    let cursor = events[9].0.to_string();
+    let events = Arc::new(events);
+    let resumes: Vec<_> = (0..200)
+        .map(|_| {
+            let b = b.clone();
+            let events = events.clone();
+            let cursor = cursor.clone();
+            tokio::spawn(async move {
+                let mut sub = b
+                    .subscribe([topic], Some(&cursor))
+                    .await
+                    .expect("not refused: the reads are shared");
+                assert_eq!(sub.status(), ResumeStatus::Resumed { replayed: 40 });
+                for (id, data) in &events[10..] {
+                    let event = next_event(&mut sub).await;
+                    assert_eq!(event.id(), *id);
+                    assert_eq!(text(&event), format!("data: {data}\nid: {id}\n\n"));
+                }
+            })
+        })
+        .collect();
+    for resume in resumes {
+        within("a resume", resume).await.unwrap();
+    }
+}
