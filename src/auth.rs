@@ -54,7 +54,7 @@ use http::{header, request::Parts, HeaderValue, Response, StatusCode};
 
 use crate::{
     bus::Topic,
-    route::query_pairs,
+    query::query_value,
     stream::{text_response, EventStream},
 };
 
@@ -508,12 +508,8 @@ pub fn bearer_token(request: &Parts) -> Option<Cow<'_, str>> {
             return Some(Cow::Borrowed(token));
         }
     }
-    if let Some(query) = request.uri.query() {
-        if let Some((_, token)) =
-            query_pairs(query).find(|(key, value)| key == TOKEN_QUERY_PARAM && !value.is_empty())
-        {
-            return Some(token);
-        }
+    if let Some(token) = query_value(&request.uri, TOKEN_QUERY_PARAM) {
+        return Some(token);
     }
     for value in request.headers.get_all(header::COOKIE) {
         let Ok(value) = value.to_str() else { continue };

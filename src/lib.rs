@@ -135,6 +135,7 @@ mod layer;
 pub mod metrics;
 #[cfg(not(feature = "metrics"))]
 mod metrics;
+mod query;
 mod route;
 mod service;
 mod stream;
