@@ -82,6 +82,18 @@ pub const TOKEN_COOKIE: &str = "sse_token";
 /// Closures `Fn(&Parts, Action, &[Topic]) -> Result<(), Denied>` implement it (with no
 /// expiry); implement it yourself to grant a stream until an instant.
 ///
+/// # Where credentials come from
+///
+/// A subscriber may send its token in the `Authorization` header, the query or a cookie
+/// ([`bearer_token`]): a browser's `EventSource` cannot set headers, and a stream only reads.
+/// A publish should take credentials from the `Authorization` header only ([`header_token`]),
+/// and refuse one that brings them only in a cookie or the query with `401`, telling to send
+/// `Authorization: Bearer`: a page on another site can make a visitor's browser send a form
+/// `POST` to your publish route, and the browser attaches the visitor's cookies to it (a URL
+/// with a token in its query can be planted the same way), while no other site can set the
+/// `Authorization` header. [`JwtPolicy`](crate::JwtPolicy) works this way; a policy of your
+/// own that trusts a session cookie for publishing needs a CSRF defence of its own.
+///
 /// # Example
 ///
 /// ```
@@ -115,7 +127,8 @@ pub trait Authorize: Send + Sync + 'static {
     fn subscribe(&self, request: &Parts, topics: &[Topic]) -> Result<Grant, Denied>;
 
     /// Whether the request may publish on `topic`. The bus does not call this itself (events
-    /// are published by your code): call it from the handler that publishes.
+    /// are published by your code): call it from the handler that publishes. Take credentials
+    /// from the `Authorization` header only (see above).
     ///
     /// # Errors
     ///
@@ -508,11 +521,47 @@ impl fmt::Display for InvalidSelector {
 
 impl StdError for InvalidSelector {}
 
-/// The bearer token a request presents: in an `Authorization: Bearer TOKEN` header, else in
+/// The token of the request's `Authorization: Bearer TOKEN` header, if any: the only place a
+/// publish should take its token from (see [`Authorize`]).
+///
+/// # Example
+///
+/// ```
+/// use http::Request;
+/// use tower_sse::auth::header_token;
+///
+/// let (parts, ()) = Request::post("/publish/t")
+///     .header("authorization", "Bearer abc")
+///     .body(())
+///     .unwrap()
+///     .into_parts();
+/// assert_eq!(header_token(&parts), Some("abc"));
+///
+/// let (parts, ()) = Request::post("/publish/t")
+///     .header("cookie", "sse_token=xyz")
+///     .body(())
+///     .unwrap()
+///     .into_parts();
+/// assert_eq!(header_token(&parts), None);
+/// ```
+pub fn header_token(request: &Parts) -> Option<&str> {
+    request
+        .headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .find_map(|value| {
+            let (scheme, token) = value.to_str().ok()?.trim().split_once(' ')?;
+            let token = token.trim();
+            (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+        })
+}
+
+/// The bearer token a request presents to subscribe: in an `Authorization: Bearer TOKEN` header, else in
 /// an [`access_token`](TOKEN_QUERY_PARAM) query parameter (for `EventSource`, which cannot set
 /// headers), else in a cookie named [`sse_token`](TOKEN_COOKIE).
 ///
-/// Tokens in URLs end up in access logs: prefer short-lived ones there.
+/// Tokens in URLs end up in access logs: prefer short-lived ones there. Do not read a
+/// publisher's token with this: use [`header_token`] (see [`Authorize`]).
 ///
 /// # Example
 ///
@@ -531,16 +580,8 @@ impl StdError for InvalidSelector {}
 /// assert_eq!(bearer_token(&parts).as_deref(), Some("xyz"));
 /// ```
 pub fn bearer_token(request: &Parts) -> Option<Cow<'_, str>> {
-    for value in request.headers.get_all(header::AUTHORIZATION) {
-        let Ok(value) = value.to_str() else { continue };
-        let value = value.trim();
-        let Some((scheme, token)) = value.split_once(' ') else {
-            continue;
-        };
-        let token = token.trim();
-        if scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() {
-            return Some(Cow::Borrowed(token));
-        }
+    if let Some(token) = header_token(request) {
+        return Some(Cow::Borrowed(token));
     }
     if let Some(token) = query_value(&request.uri, TOKEN_QUERY_PARAM) {
         return Some(token);
@@ -623,9 +664,18 @@ mod tests {
             assert!(selector.matches(format!("org1{sep}x")), "{sep}");
             assert!(!selector.matches("org10:x"), "{sep}");
         }
-        for bad in ["org1*", "a*", "org1:x*", "9*", &format!("{}*", "x".repeat(256))] {
+        for bad in [
+            "org1*",
+            "a*",
+            "org1:x*",
+            "9*",
+            &format!("{}*", "x".repeat(256)),
+        ] {
             let err = Selector::new(bad).unwrap_err().to_string();
-            assert!(err.contains("must stand alone or follow a separator"), "{bad}: {err}");
+            assert!(
+                err.contains("must stand alone or follow a separator"),
+                "{bad}: {err}"
+            );
         }
         let err = Selector::new("org1*").unwrap_err().to_string();
         assert!(err.contains("write `org1:*`"), "{err}");
