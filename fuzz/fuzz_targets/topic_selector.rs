@@ -55,7 +55,10 @@ fuzz_target!(|data: &[u8]| {
                 // middle of a name of the topic (`org1` of `org10`).
                 if let (Some(p), true) = (prefix, parsed.matches(t)) {
                     let cut = t.as_str()[..p.len()].chars().next_back();
-                    assert!(cut.is_none_or(|c| !c.is_ascii_alphanumeric()), "{p:?} {t:?}");
+                    assert!(
+                        cut.is_none_or(|c| !c.is_ascii_alphanumeric()),
+                        "{p:?} {t:?}"
+                    );
                 }
             }
             match prefix {
