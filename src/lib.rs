@@ -137,6 +137,9 @@ pub mod metrics;
 mod metrics;
 mod query;
 mod route;
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
+pub mod server;
 mod service;
 mod stream;
 mod trace;
