@@ -3,8 +3,10 @@
 //! `accept` fails at once, again and again, while the process is out of file descriptors
 //! (`EMFILE`, `ENFILE`), memory (`ENOMEM`) or socket buffers (`ENOBUFS`): the pending
 //! connection stays in the kernel's queue and the listener stays readable. Retrying at once
-//! burns a core. Such errors back off instead, from 5 ms doubling up to 200 ms, and are logged
-//! once per episode: a warning at the first failure, a note when accepting works again.
+//! burns a core. Such errors back off instead, from 5 ms doubling up to 200 ms (a success
+//! starts over), and are logged once per episode: a warning at its first failure, a note at
+//! the first success 10 s after its last failure. Near the limit, accepts succeed and fail by
+//! turns as connections close and open: that is one episode, not one per connection.
 //! Errors that concern only the connection being accepted (it was reset or aborted before
 //! being accepted) are skipped at once.
 
@@ -17,6 +19,8 @@ use tokio::{
 
 const FIRST_DELAY: Duration = Duration::from_millis(5);
 const MAX_DELAY: Duration = Duration::from_millis(200);
+/// An episode ends with a success this long after its last failure.
+const QUIET: Duration = Duration::from_secs(10);
 
 /// A listener and the state of its current accept-error episode.
 #[derive(Debug)]
@@ -61,45 +65,66 @@ fn concerns_one_connection(e: &io::Error) -> bool {
     )
 }
 
-/// Exponential backoff over one episode of failures.
+/// Exponential backoff, and the episode of failures it belongs to.
 #[derive(Debug, Default)]
 pub(super) struct Backoff {
-    failures: u32,
-    since: Option<Instant>,
+    /// Failures since the last success.
+    consecutive: u32,
+    episode: Option<Episode>,
+}
+
+#[derive(Debug)]
+struct Episode {
+    failures: u64,
+    since: Instant,
+    last: Instant,
 }
 
 impl Backoff {
     /// Records a failure; returns how long to wait before the next attempt.
     pub(super) fn failed(&mut self, error: &io::Error) -> Duration {
-        if self.failures == 0 {
-            self.since = Some(Instant::now());
-            tracing::warn!(
-                %error,
-                "cannot accept connections (out of file descriptors or memory?); retrying \
-                 with backoff; lower the connection cap or raise the limit"
-            );
+        let now = Instant::now();
+        match &mut self.episode {
+            Some(episode) if now.duration_since(episode.last) < QUIET => {
+                episode.failures += 1;
+                episode.last = now;
+            }
+            _ => {
+                tracing::warn!(
+                    %error,
+                    "cannot accept connections (out of file descriptors or memory?); retrying \
+                     with backoff; lower the connection cap or raise the limit"
+                );
+                self.episode = Some(Episode {
+                    failures: 1,
+                    since: now,
+                    last: now,
+                });
+            }
         }
-        let doublings = self.failures.min(16);
-        self.failures = self.failures.saturating_add(1);
+        let doublings = self.consecutive.min(16);
+        self.consecutive = self.consecutive.saturating_add(1);
         FIRST_DELAY.saturating_mul(1 << doublings).min(MAX_DELAY)
     }
 
-    /// Records a success, ending the episode.
+    /// Records a success: the backoff starts over, and a quiet one ends the episode.
     pub(super) fn succeeded(&mut self) {
-        if let Some(since) = self.since.take() {
+        self.consecutive = 0;
+        let Some(episode) = &self.episode else { return };
+        if episode.last.elapsed() >= QUIET {
             tracing::info!(
-                failed_attempts = self.failures,
-                after = ?since.elapsed(),
+                failed_attempts = episode.failures,
+                lasted = ?episode.last.duration_since(episode.since),
                 "accepting connections again"
             );
+            self.episode = None;
         }
-        self.failures = 0;
     }
 
     /// Whether an episode of failures is going on.
     #[cfg(test)]
     fn in_episode(&self) -> bool {
-        self.since.is_some()
+        self.episode.is_some()
     }
 }
 
@@ -107,32 +132,46 @@ impl Backoff {
 mod tests {
     use super::*;
 
-    #[test]
-    fn doubles_up_to_the_maximum_and_starts_over() {
+    fn emfile() -> io::Error {
+        io::Error::from_raw_os_error(24)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn doubles_up_to_the_maximum_and_starts_over() {
         let mut backoff = Backoff::default();
-        let emfile = io::Error::from_raw_os_error(24);
-        let delays: Vec<_> = (0..8).map(|_| backoff.failed(&emfile)).collect();
-        let ms = |n| Duration::from_millis(n);
-        assert_eq!(
-            delays,
-            [
-                ms(5),
-                ms(10),
-                ms(20),
-                ms(40),
-                ms(80),
-                ms(160),
-                ms(200),
-                ms(200)
-            ]
-        );
+        let delays: Vec<_> = (0..8).map(|_| backoff.failed(&emfile())).collect();
+        let ms = Duration::from_millis;
+        let expected = [5, 10, 20, 40, 80, 160, 200, 200].map(ms);
+        assert_eq!(delays, expected);
         for _ in 0..100 {
-            assert_eq!(backoff.failed(&emfile), MAX_DELAY);
+            assert_eq!(backoff.failed(&emfile()), MAX_DELAY);
         }
+        backoff.succeeded();
+        assert_eq!(backoff.failed(&emfile()), FIRST_DELAY);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn successes_between_failures_do_not_end_the_episode() {
+        let mut backoff = Backoff::default();
+        backoff.failed(&emfile());
+        let started = backoff.episode.as_ref().unwrap().since;
+        // A connection closes, one is accepted, the next accept fails again: a minute of it.
+        for _ in 0..60 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            backoff.succeeded();
+            backoff.failed(&emfile());
+        }
+        let episode = backoff.episode.as_ref().unwrap();
+        assert_eq!((episode.since, episode.failures), (started, 61));
+        // Ten quiet seconds end it.
+        tokio::time::advance(QUIET - Duration::from_millis(1)).await;
+        backoff.succeeded();
         assert!(backoff.in_episode());
+        tokio::time::advance(Duration::from_millis(1)).await;
         backoff.succeeded();
         assert!(!backoff.in_episode());
-        assert_eq!(backoff.failed(&emfile), FIRST_DELAY);
+        backoff.failed(&emfile());
+        assert_ne!(backoff.episode.as_ref().unwrap().since, started);
     }
 
     #[test]

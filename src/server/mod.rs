@@ -61,7 +61,7 @@
 //! - **The connection cap** counts connections of every kind: event streams, other requests,
 //!   idle keep-alive connections. At the cap the server stops accepting; new clients wait in
 //!   the kernel's listen queue until a connection closes, and are not accepted only to be
-//!   dropped. The default is the process's `RLIMIT_NOFILE` less a reserve of a tenth (at
+//!   dropped ([`listen`] binds with a deeper queue than `TcpListener::bind`). The default is the process's `RLIMIT_NOFILE` less a reserve of a tenth (at
 //!   least 64 descriptors, at most half) for everything else the process opens (Redis
 //!   connections, files): 922 for a limit of 1 024, 192 for 256. Reaching it is logged once,
 //!   and again only after the count fell below three quarters of the cap. The stream limit
@@ -90,10 +90,10 @@
 
 mod accept;
 mod connection;
-mod io;
 mod limit;
+mod timeout_io;
 
-use std::{error::Error as StdError, future::Future, time::Duration};
+use std::{error::Error as StdError, future::Future, io, net::SocketAddr, time::Duration};
 
 use http::{Request, Response};
 use http_body::Body;
@@ -102,8 +102,30 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::{net::TcpListener, task::JoinSet};
 use tower_service::Service;
 
-pub use self::io::TimeoutIo;
+pub use self::timeout_io::TimeoutIo;
 use self::{accept::Acceptor, connection::Protocols};
+
+/// The listen queue [`listen`] asks for.
+const BACKLOG: u32 = 1024;
+
+/// Binds a `TcpListener` to `addr` with a listen queue of 1 024 connections (the kernel may
+/// cap it, at `net.core.somaxconn` on Linux), where `TcpListener::bind` asks for 128. At the
+/// connection cap new clients wait in that queue; past it, their connection attempts are
+/// dropped and retried after a second or more.
+///
+/// # Errors
+///
+/// When the address cannot be bound.
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    #[cfg(not(windows))]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
 /// Serves a tower service on a `TcpListener`: accept with backoff, a cap on open connections,
 /// header read, idle and write timeouts, graceful shutdown. See the [module docs](self).
@@ -139,8 +161,8 @@ impl Server {
                 http1_only: false,
                 http1_max_buf_size: None,
                 header_read_timeout: Some(Duration::from_secs(30)),
-                idle_timeout: Some(io::DEFAULT_IDLE_TIMEOUT),
-                write_timeout: Some(io::DEFAULT_WRITE_TIMEOUT),
+                idle_timeout: Some(timeout_io::DEFAULT_IDLE_TIMEOUT),
+                write_timeout: Some(timeout_io::DEFAULT_WRITE_TIMEOUT),
                 max_connections: None,
                 shutdown_timeout: Duration::from_secs(5),
                 nodelay: true,
