@@ -91,7 +91,7 @@ pub const TOKEN_COOKIE: &str = "sse_token";
 /// `Authorization: Bearer`: a page on another site can make a visitor's browser send a form
 /// `POST` to your publish route, and the browser attaches the visitor's cookies to it (a URL
 /// with a token in its query can be planted the same way), while no other site can set the
-/// `Authorization` header. [`JwtPolicy`](crate::JwtPolicy) works this way; a policy of your
+/// `Authorization` header. `JwtPolicy` (feature `jwt`) works this way; a policy of your
 /// own that trusts a session cookie for publishing needs a CSRF defence of its own.
 ///
 /// # Example
