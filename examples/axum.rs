@@ -2,7 +2,9 @@
 //!
 //! `Router::layer(SseLayer::new(bus))` serves `GET /events/{topic}` and hands every handler the
 //! bus as an `Extension<EventBus>`. Handlers publish typed messages as JSON, and one handler
-//! serves a room's stream itself by returning a `Response<EventStream>`.
+//! serves a room's stream itself by returning a `Response<EventStream>`. A `Router` is a tower
+//! service, so `tower_sse::server::Server` serves it in place of `axum::serve`, adding what
+//! `axum::serve` lacks: header read, idle and write timeouts and a cap on open connections.
 //!
 //! ```text
 //! cargo run --example axum                     # or: cargo run --example axum -- 127.0.0.1:4000
@@ -21,7 +23,7 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tower_sse::{BusError, Event, EventBus, EventStream, SseLayer};
+use tower_sse::{server::Server, BusError, Event, EventBus, EventStream, SseLayer};
 
 /// What a client posts to `POST /rooms/{room}/messages`.
 #[derive(Debug, Deserialize)]
@@ -111,19 +113,14 @@ fn internal_error(e: impl std::fmt::Display) -> (StatusCode, String) {
 }
 
 /// Serves the app on `listener` until `shutdown` completes; then the bus ends every open stream
-/// and axum waits for the connections to close.
-pub async fn serve(
-    listener: TcpListener,
-    bus: EventBus,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> io::Result<()> {
+/// and the server waits (a while) for the connections to close.
+pub async fn serve(listener: TcpListener, bus: EventBus, shutdown: impl Future<Output = ()>) {
     let app = app(bus.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            bus.shutdown();
-        })
-        .await
+    let shutdown = async move {
+        shutdown.await;
+        bus.shutdown();
+    };
+    Server::new().serve(listener, app, shutdown).await;
 }
 
 #[tokio::main]
@@ -132,10 +129,14 @@ async fn main() -> io::Result<()> {
         .nth(1)
         .or_else(|| std::env::var("ADDR").ok())
         .unwrap_or_else(|| "127.0.0.1:3002".into());
-    let listener = TcpListener::bind(&addr).await?;
+    let addr = addr
+        .parse()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "expected ADDR:PORT"))?;
+    let listener = tower_sse::server::listen(addr)?;
     eprintln!("listening on http://{}", listener.local_addr()?);
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    serve(listener, EventBus::memory(), shutdown).await
+    serve(listener, EventBus::memory(), shutdown).await;
+    Ok(())
 }

@@ -22,28 +22,37 @@
 //! `publish` claims select the topics.
 //!
 //! Besides the options of the contract, `--redis-mode interest|pattern` chooses how an instance
-//! subscribes to Redis (see `SubscribeMode`; default `interest`).
+//! subscribes to Redis (see `SubscribeMode`; default `interest`), and these set up the
+//! connection layer (`tower_sse::server::Server`; seconds may have a fraction, 0 turns a
+//! timeout off):
+//!
+//! - `--max-open-connections N`: the most connections of every kind open at once; past it the
+//!   demo stops accepting until one closes (default: below the process's descriptor limit).
+//!   `--max-connections` stays the cap on event streams.
+//! - `--header-read-timeout SECS` (default 30), `--idle-timeout SECS` (default 60),
+//!   `--write-timeout SECS` (default 30).
 
 use std::{convert::Infallible, net::SocketAddr, process::ExitCode, time::Duration};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::{body::Incoming, server::conn::http1};
-use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown};
+use hyper::body::Incoming;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use percent_encoding::percent_decode_str;
-use tokio::net::TcpListener;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::ServiceBuilder;
 use tower_sse::{
-    Authorize, Event, EventBus, JwtPolicy, RedisConfig, SseLayer, SubscribeMode, Topic,
+    server::Server, Authorize, Event, EventBus, JwtPolicy, RedisConfig, SseLayer, SubscribeMode,
+    Topic,
 };
 
 const PAGE: &str = include_str!("demo.html");
 
 const USAGE: &str = "usage: demo [--listen ADDR] [--backend memory|pubsub|streams] [--redis URL] \
 [--redis-cluster URL[,URL...]] [--jwt-secret SECRET] [--max-connections N] \
-[--max-event-bytes N] [--keep-alive SECS] [--redis-mode interest|pattern]";
+[--max-event-bytes N] [--keep-alive SECS] [--redis-mode interest|pattern] \
+[--max-open-connections N] [--header-read-timeout SECS] [--idle-timeout SECS] \
+[--write-timeout SECS]";
 
 #[derive(Debug)]
 struct Options {
@@ -56,6 +65,10 @@ struct Options {
     max_connections: Option<usize>,
     max_event_bytes: usize,
     keep_alive: Duration,
+    max_open_connections: Option<usize>,
+    header_read_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +88,10 @@ fn parse_options(mut args: impl Iterator<Item = String>) -> Result<Options, Stri
     let mut max_connections = None;
     let mut max_event_bytes = 1_048_576;
     let mut keep_alive = 15;
+    let mut max_open_connections = None;
+    let mut header_read_timeout = Some(Duration::from_secs(30));
+    let mut idle_timeout = Some(Duration::from_secs(60));
+    let mut write_timeout = Some(Duration::from_secs(30));
 
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -123,6 +140,12 @@ fn parse_options(mut args: impl Iterator<Item = String>) -> Result<Options, Stri
             "--max-connections" => max_connections = Some(number(&name, &value()?)?),
             "--max-event-bytes" => max_event_bytes = number(&name, &value()?)?,
             "--keep-alive" => keep_alive = number(&name, &value()?)? as u64,
+            "--max-open-connections" => {
+                max_open_connections = Some(number(&name, &value()?)?.max(1))
+            }
+            "--header-read-timeout" => header_read_timeout = timeout(&name, &value()?)?,
+            "--idle-timeout" => idle_timeout = timeout(&name, &value()?)?,
+            "--write-timeout" => write_timeout = timeout(&name, &value()?)?,
             _ => return Err(format!("unknown option {arg:?}; {USAGE}")),
         }
     }
@@ -153,6 +176,10 @@ fn parse_options(mut args: impl Iterator<Item = String>) -> Result<Options, Stri
         max_connections,
         max_event_bytes,
         keep_alive: Duration::from_secs(keep_alive),
+        max_open_connections,
+        header_read_timeout,
+        idle_timeout,
+        write_timeout,
     })
 }
 
@@ -160,6 +187,16 @@ fn number(name: &str, value: &str) -> Result<usize, String> {
     value
         .parse()
         .map_err(|_| format!("{name} {value:?}: expected a whole number"))
+}
+
+/// Seconds, with a fraction if wanted; 0 turns the timeout off.
+fn timeout(name: &str, value: &str) -> Result<Option<Duration>, String> {
+    let secs = value
+        .parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| format!("{name} {value:?}: expected seconds, like 30 or 0.5"))?;
+    Ok((!secs.is_zero()).then_some(secs))
 }
 
 async fn build_bus(options: &Options) -> Result<EventBus, String> {
@@ -246,47 +283,33 @@ async fn run(options: Options) -> Result<(), String> {
         .layer(layer)
         .service_fn(move |req| handle(req, app.clone()));
 
-    let listener = TcpListener::bind(options.listen)
-        .await
+    // A listen queue of 1 024: at the connection cap, new clients wait there.
+    let listener = tower_sse::server::listen(options.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", options.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     eprintln!("listening on http://{addr}");
 
-    // HTTP/1.1 only (what `EventSource` and the contract use): a connection then holds no
-    // HTTP/2 state, and no protocol detection runs before the first request.
-    let mut server = http1::Builder::new();
-    // hyper's smallest HTTP/1 buffer limit (request heads up to 8 KiB): an open stream then
-    // keeps an 8 KiB read buffer instead of 16 KiB, about 6 KiB less memory per connection.
-    server.max_buf_size(8192);
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown_signal());
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                // hyper keeps room for one response future per connection for as long as the
-                // connection lives. Boxed, that room is a pointer; the future (about 1.9 KiB,
-                // most of it the publish handler's state) exists only while a request is
-                // answered.
-                let tower_service = service.clone();
-                let service = hyper::service::service_fn(move |req| {
-                    Box::pin(tower_service.clone().oneshot(req))
-                });
-                let connection = server.serve_connection(TokioIo::new(stream), service);
-                // Spawned as it is: an `async` block awaiting it would take twice its size.
-                tokio::spawn(graceful.watch(connection));
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    // End every open stream (clients reconnect elsewhere), then let connections finish.
-    bus.shutdown();
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(Duration::from_secs(5)) => {}
-    }
+    let server = Server::new()
+        // HTTP/1.1 only (what `EventSource` and the contract use): a connection then holds no
+        // HTTP/2 state, and no protocol detection runs before the first request.
+        .http1_only()
+        // hyper's smallest HTTP/1 buffer limit (request heads up to 8 KiB): an open stream then
+        // keeps an 8 KiB read buffer instead of 16 KiB, about 6 KiB less memory per connection.
+        .http1_max_buf_size(8192)
+        .header_read_timeout(options.header_read_timeout)
+        .idle_timeout(options.idle_timeout)
+        .write_timeout(options.write_timeout);
+    let server = match options.max_open_connections {
+        Some(max) => server.max_connections(max),
+        None => server,
+    };
+    // On SIGINT or SIGTERM: stop accepting and end every open stream (clients reconnect
+    // elsewhere); the server then lets connections finish, for 5 s at most.
+    let shutdown = async move {
+        shutdown_signal().await;
+        bus.shutdown();
+    };
+    server.serve(listener, service, shutdown).await;
     Ok(())
 }
 

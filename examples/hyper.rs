@@ -2,8 +2,10 @@
 //!
 //! An existing hyper service (here a `service_fn` with one route, `POST /say`) is wrapped with
 //! [`SseLayer`], so it gains `GET /events/{topic}` streams and every request carries the
-//! [`EventBus`] in its extensions. On Ctrl-C the server stops accepting, the bus ends every open
-//! stream, and in-flight requests finish.
+//! [`EventBus`] in its extensions. `tower_sse::server::Server` serves it: an accept loop that
+//! backs off when out of descriptors, a cap on open connections, header read, idle and write
+//! timeouts. On Ctrl-C the server stops accepting, the bus ends every open stream, and in-flight
+//! requests finish.
 //!
 //! ```text
 //! cargo run --example hyper                    # or: cargo run --example hyper -- 127.0.0.1:4000
@@ -11,58 +13,35 @@
 //! curl -d 'hello' http://127.0.0.1:3001/say    # in another
 //! ```
 
-use std::{convert::Infallible, future::Future, io, time::Duration};
+use std::{convert::Infallible, future::Future, io};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::{conn::auto, graceful::GracefulShutdown},
-    service::TowerToHyperService,
-};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
-use tower_sse::{Event, EventBus, SseLayer};
+use tower_sse::{server::Server, Event, EventBus, SseLayer};
 
 /// The topic `POST /say` publishes to.
 pub const TOPIC: &str = "chat";
 
 /// Serves the app on `listener` until `shutdown` completes, then shuts down gracefully.
-pub async fn serve(
-    listener: TcpListener,
-    bus: EventBus,
-    shutdown: impl Future<Output = ()>,
-) -> io::Result<()> {
+pub async fn serve(listener: TcpListener, bus: EventBus, shutdown: impl Future<Output = ()>) {
     // The application's own service, wrapped with the layer: `/events/...` is answered by the
     // layer, everything else reaches `handle` with the bus in the request's extensions.
     let service = ServiceBuilder::new()
         .layer(SseLayer::new(bus.clone()))
         .service_fn(handle);
-
-    let server = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let service = TowerToHyperService::new(service.clone());
-                let connection = server.serve_connection(TokioIo::new(stream), service);
-                // `watch` lets the shutdown below wait for this connection.
-                let connection = graceful.watch(connection.into_owned());
-                tokio::spawn(connection);
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    // Event streams never end on their own: end them, so their connections can close.
-    bus.shutdown();
-    // Wait for in-flight requests, but not forever.
-    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
-    Ok(())
+    // Event streams never end on their own: end them when shutting down, so their
+    // connections can close.
+    let shutdown = async move {
+        shutdown.await;
+        bus.shutdown();
+    };
+    // HTTP/1.1 and HTTP/2, the default timeouts and connection cap; in-flight requests get 5 s
+    // to finish after shutdown begins.
+    Server::new().serve(listener, service, shutdown).await;
 }
 
 /// The application: `POST /say` publishes its body to the `chat` topic.
@@ -100,10 +79,14 @@ async fn main() -> io::Result<()> {
         .nth(1)
         .or_else(|| std::env::var("ADDR").ok())
         .unwrap_or_else(|| "127.0.0.1:3001".into());
-    let listener = TcpListener::bind(&addr).await?;
+    let addr = addr
+        .parse()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "expected ADDR:PORT"))?;
+    let listener = tower_sse::server::listen(addr)?;
     eprintln!("listening on http://{}", listener.local_addr()?);
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    serve(listener, EventBus::memory(), shutdown).await
+    serve(listener, EventBus::memory(), shutdown).await;
+    Ok(())
 }

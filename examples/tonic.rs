@@ -2,8 +2,13 @@
 //!
 //! The gRPC service `chat.Chat` has one unary method, `Say`, which publishes the text it gets
 //! to the `chat` topic through the bus that [`SseLayer`] put into the request's extensions.
-//! The layer wraps tonic's routes; with `accept_http1(true)` browsers subscribe to
-//! `GET /events/chat` over HTTP/1.1 on the port gRPC clients use over HTTP/2.
+//! The layer wraps tonic's routes (`tonic::service::Routes`, a tower service), and
+//! `tower_sse::server::Server` serves them, HTTP/2 for gRPC clients and HTTP/1.1 for browsers
+//! subscribing to `GET /events/chat` on the same port.
+//!
+//! Why not tonic's own `Server` with `accept_http1(true)`: its accept loop retries a failed
+//! accept at once (out of descriptors, it spins), and it has no idle or write timeout and no
+//! cap on open connections, which an SSE port facing browsers needs.
 //!
 //! No `.proto` file or build script: messages are plain UTF-8 text, encoded by the small codec
 //! below, and the service is written by hand the way generated code would do it.
@@ -31,11 +36,11 @@ use tonic::{
     body::Body,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
     server::NamedService,
-    transport::{server::TcpIncoming, Server},
+    service::Routes,
     Status,
 };
-use tower::Service;
-use tower_sse::{Event, EventBus, SseLayer};
+use tower::{Layer, Service};
+use tower_sse::{server::Server, Event, EventBus, SseLayer};
 
 /// The topic `Say` publishes to.
 pub const TOPIC: &str = "chat";
@@ -137,25 +142,17 @@ async fn say(request: tonic::Request<String>) -> Result<tonic::Response<String>,
 }
 
 /// Serves gRPC (HTTP/2) and event streams (HTTP/1.1 or HTTP/2) on `listener` until `shutdown`
-/// completes; then the bus ends every open stream and tonic waits for the connections.
-pub async fn serve(
-    listener: TcpListener,
-    bus: EventBus,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), tonic::transport::Error> {
-    let signal = {
-        let bus = bus.clone();
-        async move {
-            shutdown.await;
-            bus.shutdown();
-        }
+/// completes; then the bus ends every open stream and the server waits (a while) for the
+/// connections.
+pub async fn serve(listener: TcpListener, bus: EventBus, shutdown: impl Future<Output = ()>) {
+    let routes = Routes::new(ChatService).prepare();
+    let service = SseLayer::new(bus.clone()).layer(routes);
+    let shutdown = async move {
+        shutdown.await;
+        bus.shutdown();
     };
-    Server::builder()
-        .accept_http1(true)
-        .layer(SseLayer::new(bus))
-        .add_service(ChatService)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal)
-        .await
+    // HTTP/1.1 and HTTP/2 (prior knowledge, as gRPC clients speak it) on one port.
+    Server::new().serve(listener, service, shutdown).await;
 }
 
 /// Calls `Say` on the server at `addr` with tonic's client, over one HTTP/2 connection.
@@ -194,11 +191,11 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
         return Ok(());
     }
     let addr = args.next().unwrap_or(addr);
-    let listener = TcpListener::bind(&addr).await?;
+    let listener = tower_sse::server::listen(addr.parse()?)?;
     eprintln!("listening on http://{}", listener.local_addr()?);
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    serve(listener, EventBus::memory(), shutdown).await?;
+    serve(listener, EventBus::memory(), shutdown).await;
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! Server-Sent Events for a warp 0.4 app.
 //!
 //! `warp::service` turns the filter into a tower service, which [`SseLayer`] wraps like any
-//! other; hyper serves the result. The filter finds the bus in the request's extensions with
+//! other; `tower_sse::server::Server` serves the result with hyper (accept backoff, connection
+//! cap, timeouts, graceful shutdown). The filter finds the bus in the request's extensions with
 //! `warp::ext::get::<EventBus>()`.
 //!
 //! ```text
@@ -10,17 +11,12 @@
 //! curl -d 'hello' http://127.0.0.1:3003/say    # in another
 //! ```
 
-use std::{future::Future, io, time::Duration};
+use std::{future::Future, io};
 
 use bytes::Bytes;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::{conn::auto, graceful::GracefulShutdown},
-    service::TowerToHyperService,
-};
 use tokio::net::TcpListener;
 use tower::Layer;
-use tower_sse::{Event, EventBus, SseLayer};
+use tower_sse::{server::Server, Event, EventBus, SseLayer};
 use warp::{http::StatusCode, Filter, Rejection, Reply};
 
 /// The topic `POST /say` publishes to.
@@ -50,33 +46,15 @@ async fn say(bus: EventBus, body: Bytes) -> impl Reply {
 }
 
 /// Serves the app on `listener` until `shutdown` completes, then shuts down gracefully.
-pub async fn serve(
-    listener: TcpListener,
-    bus: EventBus,
-    shutdown: impl Future<Output = ()>,
-) -> io::Result<()> {
+pub async fn serve(listener: TcpListener, bus: EventBus, shutdown: impl Future<Output = ()>) {
     // The filter as a tower service, wrapped with the layer.
     let service = SseLayer::new(bus.clone()).layer(warp::service(routes()));
-
-    let server = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let service = TowerToHyperService::new(service.clone());
-                let connection = server.serve_connection(TokioIo::new(stream), service);
-                tokio::spawn(graceful.watch(connection.into_owned()));
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    // End the event streams, then wait (a while) for the connections to finish.
-    bus.shutdown();
-    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
-    Ok(())
+    // End the event streams when shutting down, so their connections can close.
+    let shutdown = async move {
+        shutdown.await;
+        bus.shutdown();
+    };
+    Server::new().serve(listener, service, shutdown).await;
 }
 
 #[tokio::main]
@@ -85,10 +63,14 @@ async fn main() -> io::Result<()> {
         .nth(1)
         .or_else(|| std::env::var("ADDR").ok())
         .unwrap_or_else(|| "127.0.0.1:3003".into());
-    let listener = TcpListener::bind(&addr).await?;
+    let addr = addr
+        .parse()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "expected ADDR:PORT"))?;
+    let listener = tower_sse::server::listen(addr)?;
     eprintln!("listening on http://{}", listener.local_addr()?);
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    serve(listener, EventBus::memory(), shutdown).await
+    serve(listener, EventBus::memory(), shutdown).await;
+    Ok(())
 }

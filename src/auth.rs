@@ -54,7 +54,7 @@ use http::{header, request::Parts, HeaderValue, Response, StatusCode};
 
 use crate::{
     bus::Topic,
-    route::query_pairs,
+    query::query_value,
     stream::{text_response, EventStream},
 };
 
@@ -81,6 +81,18 @@ pub const TOKEN_COOKIE: &str = "sse_token";
 ///
 /// Closures `Fn(&Parts, Action, &[Topic]) -> Result<(), Denied>` implement it (with no
 /// expiry); implement it yourself to grant a stream until an instant.
+///
+/// # Where credentials come from
+///
+/// A subscriber may send its token in the `Authorization` header, the query or a cookie
+/// ([`bearer_token`]): a browser's `EventSource` cannot set headers, and a stream only reads.
+/// A publish should take credentials from the `Authorization` header only ([`header_token`]),
+/// and refuse one that brings them only in a cookie or the query with `401`, telling to send
+/// `Authorization: Bearer`: a page on another site can make a visitor's browser send a form
+/// `POST` to your publish route, and the browser attaches the visitor's cookies to it (a URL
+/// with a token in its query can be planted the same way), while no other site can set the
+/// `Authorization` header. `JwtPolicy` (feature `jwt`) works this way; a policy of your
+/// own that trusts a session cookie for publishing needs a CSRF defence of its own.
 ///
 /// # Example
 ///
@@ -115,7 +127,8 @@ pub trait Authorize: Send + Sync + 'static {
     fn subscribe(&self, request: &Parts, topics: &[Topic]) -> Result<Grant, Denied>;
 
     /// Whether the request may publish on `topic`. The bus does not call this itself (events
-    /// are published by your code): call it from the handler that publishes.
+    /// are published by your code): call it from the handler that publishes. Take credentials
+    /// from the `Authorization` header only (see above).
     ///
     /// # Errors
     ///
@@ -336,11 +349,20 @@ impl fmt::Display for Denied {
 
 impl StdError for Denied {}
 
-/// A topic selector: an exact topic (`org1:orders`), or a prefix followed by `*`
-/// (`org1:*`, which matches every topic starting with `org1:`; `*` alone matches every topic).
+/// A topic selector: an exact topic (`org1:orders`), every topic (`*`), or every topic under a
+/// prefix (`org1:*`).
 ///
-/// The prefix follows the topic rule (ASCII letters, digits and `_ - . : @ =`, at most 256
-/// characters); `*` may only come last.
+/// The rule, so that a selector never grants a topic its author did not mean:
+///
+/// - without `*`, a selector is a topic and matches that topic only;
+/// - `*` alone matches every topic;
+/// - otherwise `*` comes last, directly after a separator, one of `: . - _ @ =`, and matches
+///   every topic that starts with what comes before it: `org1:*` matches `org1:a` and
+///   `org1:b:c`, but not `org10:secrets`. `org1*` is refused (it would match `org10`), as is
+///   a `*` anywhere but at the end.
+///
+/// What comes before `*` follows the topic rule (ASCII letters, digits and `_ - . : @ =`, at
+/// most 256 characters).
 ///
 /// # Example
 ///
@@ -348,9 +370,12 @@ impl StdError for Denied {}
 /// use tower_sse::Selector;
 ///
 /// let org = Selector::new("org1:*")?;
-/// assert!(org.matches("org1:orders"));
-/// assert!(!org.matches("org2:orders"));
+/// assert!(org.matches("org1:orders") && org.matches("org1:eu:orders"));
+/// assert!(!org.matches("org10:secrets"));
 /// assert!(Selector::new("org1:orders")?.matches("org1:orders"));
+/// assert!(Selector::new("*")?.matches("anything"));
+/// let refused = Selector::new("org1*").unwrap_err();
+/// assert!(refused.to_string().contains("write `org1:*`"));
 /// assert!(Selector::new("org1:*:x").is_err());
 /// # Ok::<_, tower_sse::InvalidSelector>(())
 /// ```
@@ -366,8 +391,8 @@ impl Selector {
     ///
     /// # Errors
     ///
-    /// When `selector` is empty, has `*` anywhere but at the end, or its topic (or prefix)
-    /// breaks the topic rule.
+    /// When `selector` is empty, has `*` anywhere but at the end or after something other than
+    /// a separator, or its topic (or prefix) breaks the topic rule.
     pub fn new(selector: &str) -> Result<Self, InvalidSelector> {
         let (text, prefix) = match selector.strip_suffix('*') {
             Some(prefix) => (prefix, true),
@@ -380,13 +405,17 @@ impl Selector {
         if !(prefix && text.is_empty()) {
             Topic::new(text).map_err(InvalidSelector::topic)?;
         }
+        if prefix && !text.is_empty() && !text.ends_with(is_separator) {
+            return Err(InvalidSelector::unanchored(text));
+        }
         Ok(Self {
             text: text.into(),
             prefix,
         })
     }
 
-    /// Whether `topic` is selected: equal to the topic, or starting with the prefix.
+    /// Whether `topic` is selected: equal to the topic, or starting with the prefix (which ends
+    /// with a separator).
     pub fn matches(&self, topic: impl AsRef<str>) -> bool {
         let topic = topic.as_ref();
         if self.prefix {
@@ -400,6 +429,12 @@ impl Selector {
     pub fn is_prefix(&self) -> bool {
         self.prefix
     }
+}
+
+/// The characters after which a selector may end in `*`: every topic character that is not a
+/// letter or a digit.
+fn is_separator(c: char) -> bool {
+    matches!(c, ':' | '.' | '-' | '_' | '@' | '=')
 }
 
 impl fmt::Debug for Selector {
@@ -452,6 +487,17 @@ impl InvalidSelector {
             problem: Cow::Owned(e.to_string()),
         }
     }
+
+    /// `prefix*` where `prefix` (a valid topic) does not end with a separator.
+    fn unanchored(prefix: &str) -> Self {
+        Self {
+            problem: Cow::Owned(format!(
+                "`*` must stand alone or follow a separator, one of `: . - _ @ =`, so that \
+                 `{prefix}*` cannot select `{prefix}0` or any longer name; write `{prefix}:*` \
+                 for every topic under `{prefix}:`, or `{prefix}` for that topic alone"
+            )),
+        }
+    }
 }
 
 impl fmt::Debug for InvalidSelector {
@@ -466,7 +512,8 @@ impl fmt::Display for InvalidSelector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "invalid topic selector ({}); a selector is a topic, or a prefix of one followed by `*`",
+            "invalid topic selector ({}); a selector is a topic, `*` alone, or a prefix ending \
+             in a separator followed by `*`",
             self.problem
         )
     }
@@ -474,11 +521,47 @@ impl fmt::Display for InvalidSelector {
 
 impl StdError for InvalidSelector {}
 
-/// The bearer token a request presents: in an `Authorization: Bearer TOKEN` header, else in
+/// The token of the request's `Authorization: Bearer TOKEN` header, if any: the only place a
+/// publish should take its token from (see [`Authorize`]).
+///
+/// # Example
+///
+/// ```
+/// use http::Request;
+/// use tower_sse::auth::header_token;
+///
+/// let (parts, ()) = Request::post("/publish/t")
+///     .header("authorization", "Bearer abc")
+///     .body(())
+///     .unwrap()
+///     .into_parts();
+/// assert_eq!(header_token(&parts), Some("abc"));
+///
+/// let (parts, ()) = Request::post("/publish/t")
+///     .header("cookie", "sse_token=xyz")
+///     .body(())
+///     .unwrap()
+///     .into_parts();
+/// assert_eq!(header_token(&parts), None);
+/// ```
+pub fn header_token(request: &Parts) -> Option<&str> {
+    request
+        .headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .find_map(|value| {
+            let (scheme, token) = value.to_str().ok()?.trim().split_once(' ')?;
+            let token = token.trim();
+            (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+        })
+}
+
+/// The bearer token a request presents to subscribe: in an `Authorization: Bearer TOKEN` header, else in
 /// an [`access_token`](TOKEN_QUERY_PARAM) query parameter (for `EventSource`, which cannot set
 /// headers), else in a cookie named [`sse_token`](TOKEN_COOKIE).
 ///
-/// Tokens in URLs end up in access logs: prefer short-lived ones there.
+/// Tokens in URLs end up in access logs: prefer short-lived ones there. Do not read a
+/// publisher's token with this: use [`header_token`] (see [`Authorize`]).
 ///
 /// # Example
 ///
@@ -497,23 +580,11 @@ impl StdError for InvalidSelector {}
 /// assert_eq!(bearer_token(&parts).as_deref(), Some("xyz"));
 /// ```
 pub fn bearer_token(request: &Parts) -> Option<Cow<'_, str>> {
-    for value in request.headers.get_all(header::AUTHORIZATION) {
-        let Ok(value) = value.to_str() else { continue };
-        let value = value.trim();
-        let Some((scheme, token)) = value.split_once(' ') else {
-            continue;
-        };
-        let token = token.trim();
-        if scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() {
-            return Some(Cow::Borrowed(token));
-        }
+    if let Some(token) = header_token(request) {
+        return Some(Cow::Borrowed(token));
     }
-    if let Some(query) = request.uri.query() {
-        if let Some((_, token)) =
-            query_pairs(query).find(|(key, value)| key == TOKEN_QUERY_PARAM && !value.is_empty())
-        {
-            return Some(token);
-        }
+    if let Some(token) = query_value(&request.uri, TOKEN_QUERY_PARAM) {
+        return Some(token);
     }
     for value in request.headers.get_all(header::COOKIE) {
         let Ok(value) = value.to_str() else { continue };
@@ -577,12 +648,37 @@ mod tests {
         assert!(exact.matches("a:b") && !exact.matches("a:bc") && !exact.is_prefix());
         let prefix = Selector::new("a:*").unwrap();
         assert!(prefix.matches("a:") && prefix.matches("a:b") && !prefix.matches("b:a"));
+        assert!(prefix.matches("a:b:c") && !prefix.matches("ab"));
         assert_eq!(prefix.to_string(), "a:*");
-        assert!(Selector::new(&format!("{}*", "x".repeat(256))).is_ok());
+        assert!(Selector::new(&format!("{}:*", "x".repeat(255))).is_ok());
         for bad in ["", "**", "a*b", "*a", "a b*", "é*", &"x".repeat(257)] {
             let err = Selector::new(bad).unwrap_err().to_string();
             assert!(err.contains("invalid topic selector"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn a_star_follows_a_separator() {
+        for sep in [':', '.', '-', '_', '@', '='] {
+            let selector = Selector::new(&format!("org1{sep}*")).unwrap();
+            assert!(selector.matches(format!("org1{sep}x")), "{sep}");
+            assert!(!selector.matches("org10:x"), "{sep}");
+        }
+        for bad in [
+            "org1*",
+            "a*",
+            "org1:x*",
+            "9*",
+            &format!("{}*", "x".repeat(256)),
+        ] {
+            let err = Selector::new(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("must stand alone or follow a separator"),
+                "{bad}: {err}"
+            );
+        }
+        let err = Selector::new("org1*").unwrap_err().to_string();
+        assert!(err.contains("write `org1:*`"), "{err}");
     }
 
     #[test]

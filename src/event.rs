@@ -6,6 +6,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::InvalidEvent;
 
+/// Event types starting with this are the crate's own ([`STATUS_EVENT`](crate::STATUS_EVENT),
+/// `sse-status`, and any it adds later): [`Event::event`] refuses them.
+pub(crate) const RESERVED_PREFIX: &str = "sse-";
+
 /// The frame written when a stream has been idle for the keep-alive interval: one empty
 /// comment line, which clients ignore.
 pub(crate) const KEEP_ALIVE: &[u8] = b":\n\n";
@@ -18,6 +22,11 @@ pub(crate) const KEEP_ALIVE: &[u8] = b":\n\n";
 ///
 /// Fields that could break the frame are checked: [`event`](Event::event) and
 /// [`id`](Event::id) return an error for a value containing a line break (or, for ids, NUL).
+///
+/// Event types starting with `sse-` are reserved for the crate's own events, such as the
+/// [`STATUS_EVENT`](crate::STATUS_EVENT) (`sse-status`) every stream starts with:
+/// [`event`](Event::event) refuses them, so a publisher cannot forge what clients take for the
+/// server's word. The check is case-sensitive, as browsers dispatch event types.
 /// Data may contain anything: it is split on CR, LF and CRLF (CRLF counts as one line break) into
 /// `data:` lines, which clients join back with `\n`.
 ///
@@ -59,11 +68,18 @@ impl Event {
     ///
     /// # Errors
     ///
-    /// When `event` contains CR or LF.
+    /// When `event` contains CR or LF, or starts with the reserved `sse-`.
     pub fn event(mut self, event: impl Into<String>) -> Result<Self, InvalidEvent> {
         let event = event.into();
         if has_line_break(&event) {
             return Err(InvalidEvent::new("event", "contains a line break"));
+        }
+        if event.starts_with(RESERVED_PREFIX) {
+            return Err(InvalidEvent::new(
+                "event",
+                "names starting with `sse-` are reserved for the server's own events \
+                 (such as `sse-status`); choose another event type",
+            ));
         }
         self.event = Some(event);
         Ok(self)
@@ -90,6 +106,8 @@ impl Event {
     }
 
     /// Sets the reconnection time (`retry:` field) the client should wait before reconnecting.
+    /// It is written in whole milliseconds; a time beyond `u64::MAX` milliseconds is written as
+    /// that maximum.
     pub fn retry(mut self, retry: Duration) -> Self {
         self.retry = Some(retry);
         self
@@ -143,7 +161,7 @@ impl Event {
             put_field_bytes(
                 &mut buf,
                 b"retry",
-                format_u64(retry.as_millis() as u64, &mut digits),
+                format_u64(saturating_millis(retry), &mut digits),
             );
         }
         if let Some(data) = &self.data {
@@ -211,6 +229,11 @@ fn put_field_bytes(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
         buf.put_slice(value);
     }
     buf.put_u8(b'\n');
+}
+
+/// `duration` in whole milliseconds, at most `u64::MAX`.
+pub(crate) fn saturating_millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn format_u64(mut n: u64, out: &mut [u8; 20]) -> &[u8] {
@@ -323,6 +346,31 @@ mod tests {
         assert!(Event::default().id("a\r\nb").is_err());
         assert!(Event::default().id("a\0b").is_err());
         assert!(Event::default().id("").is_ok());
+    }
+
+    #[test]
+    fn reserved_event_types_are_refused() {
+        for name in ["sse-status", "sse-", "sse-anything"] {
+            let err = Event::default().event(name).unwrap_err().to_string();
+            assert!(
+                err.contains("reserved") && err.contains("sse-"),
+                "{name}: {err}"
+            );
+        }
+        for name in ["status", "my-sse-status", "SSE-status", "sse", "ssestatus"] {
+            assert!(Event::default().event(name).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn retry_saturates() {
+        assert_eq!(
+            enc(&Event::default().retry(Duration::MAX)),
+            format!("retry: {}\n\n", u64::MAX)
+        );
+        let just_beyond = Duration::from_millis(u64::MAX) + Duration::from_millis(1);
+        assert_eq!(saturating_millis(just_beyond), u64::MAX);
+        assert_eq!(saturating_millis(Duration::from_micros(1999)), 1);
     }
 
     #[test]

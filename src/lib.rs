@@ -137,7 +137,11 @@ mod limit;
 pub mod metrics;
 #[cfg(not(feature = "metrics"))]
 mod metrics;
+mod query;
 mod route;
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
+pub mod server;
 mod service;
 mod stream;
 

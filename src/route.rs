@@ -1,6 +1,6 @@
 //! Matching SSE requests and turning them into event streams.
 
-use std::{borrow::Cow, future::Future, pin::Pin, sync::Arc, time::SystemTime};
+use std::{future::Future, pin::Pin, sync::Arc, time::SystemTime};
 
 use http::{header::HeaderName, request::Parts, Method, Request, Response, StatusCode};
 
@@ -9,6 +9,7 @@ use crate::{
     bus::{EventBus, Subscription, Topic},
     handler::StreamError,
     limit::{StreamLimit, StreamPermit},
+    query::{percent_decode, query_pairs},
     stream::{text_response, EventStream, StreamConfig},
 };
 
@@ -70,7 +71,7 @@ impl Route {
             .strip_prefix(self.path.as_str())
             .and_then(|rest| rest.strip_prefix('/'))
         {
-            topics.push(percent_decode(topic, false).into_owned());
+            topics.push(percent_decode(topic).into_owned());
         }
         for (key, value) in query_pairs(parts.uri.query().unwrap_or("")) {
             if key == "topic" {
@@ -202,73 +203,4 @@ pub fn last_event_id(headers: &http::HeaderMap, uri: &http::Uri) -> Option<Strin
             .map(|(_, value)| value.into_owned()),
     }
     .filter(|id| !id.is_empty())
-}
-
-/// Splits a query string into decoded key/value pairs (`+` is a space, `%XX` a byte).
-pub(crate) fn query_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
-    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k, true), percent_decode(v, true))
-    })
-}
-
-/// Decodes `%XX` escapes (and `+` as a space when `plus` is set). Malformed escapes are kept as
-/// they are, and bytes that do not form UTF-8 become U+FFFD, which no topic accepts.
-pub(crate) fn percent_decode(s: &str, plus: bool) -> Cow<'_, str> {
-    if !s.bytes().any(|b| b == b'%' || (plus && b == b'+')) {
-        return Cow::Borrowed(s);
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' if plus => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(hi), Some(lo)) => {
-                    out.push(hi * 16 + lo);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
-}
-
-fn hex(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decodes() {
-        assert_eq!(percent_decode("org1%3Aa%40b", false), "org1:a@b");
-        assert_eq!(percent_decode("a+b", true), "a b");
-        assert_eq!(percent_decode("a+b", false), "a+b");
-        assert_eq!(percent_decode("100%", true), "100%");
-        assert_eq!(percent_decode("%zz%4", true), "%zz%4");
-        assert_eq!(percent_decode("%ff", true), "\u{fffd}");
-    }
-
-    #[test]
-    fn pairs() {
-        let pairs: Vec<_> = query_pairs("topic=a&topic=b%3Ac&&last_event_id=x&flag")
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        assert_eq!(
-            pairs,
-            [
-                ("topic".into(), "a".into()),
-                ("topic".into(), "b:c".into()),
-                ("last_event_id".into(), "x".into()),
-                ("flag".into(), String::new()),
-            ]
-        );
-    }
 }

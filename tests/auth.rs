@@ -195,6 +195,21 @@ async fn invalid_tokens_are_401() {
             "claim",
         ),
         ("garbage", "not.a.token".to_owned(), "malformed"),
+        (
+            "a selector that reaches into longer names",
+            hs256(&claims(&["org1*"], &[], 3600)),
+            "\"org1*\"",
+        ),
+        (
+            "not valid yet",
+            hs256(&json!({"exp": now() + 3600, "nbf": now() + 600, "subscribe": ["org1:*"]})),
+            "not valid yet",
+        ),
+        (
+            "exp beyond any clock",
+            hs256(&json!({"exp": u64::MAX, "subscribe": ["org1:*"]})),
+            "exp claim",
+        ),
     ];
     for (case, token, says) in cases {
         let (status, headers, body) = request_with(
@@ -215,6 +230,37 @@ async fn invalid_tokens_are_401() {
     }
     // The valid token is accepted, so the refusals were about the tokens.
     let client = open(server.addr, "/events/org1:orders", &hs256(&good)).await;
+    assert_eq!(client.status, 200);
+}
+
+#[tokio::test]
+async fn a_huge_exp_and_leeway_are_refused_without_a_panic() {
+    let bus = EventBus::memory();
+    // A century of leeway: `Duration` addition of it to the second `exp` (the largest a float
+    // holds below 2^64) panicked.
+    let century = Duration::from_secs(100 * 365 * 24 * 3600);
+    let lenient = JwtPolicy::hs256(SECRET).leeway(century);
+    let server = serve(SseLayer::new(bus.clone()).authorize(lenient)).await;
+    for exp in [u64::MAX, u64::MAX - 2047] {
+        let token = hs256(&json!({"exp": exp, "subscribe": ["org1:*"]}));
+        let (status, _, body) = request_with(
+            server.addr,
+            "GET",
+            "/events/org1:orders",
+            &[("authorization", &bearer(&token))],
+            "",
+        )
+        .await;
+        assert_eq!(status, 401, "{body}");
+        assert!(body.contains("exp claim"), "{body}");
+    }
+    // The server is still there, and an ordinary token with the same leeway works.
+    let client = open(
+        server.addr,
+        "/events/org1:orders",
+        &hs256(&claims(&["org1:*"], &[], 60)),
+    )
+    .await;
     assert_eq!(client.status, 200);
 }
 

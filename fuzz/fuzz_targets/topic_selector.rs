@@ -14,6 +14,12 @@ fn follows_rule(s: &str) -> bool {
     !s.is_empty() && s.len() <= 256 && s.chars().all(topic_char)
 }
 
+/// A prefix may only end in `*` right after a separator, so it never reaches into a longer
+/// name (`org1*` would select `org10`).
+fn ends_with_separator(s: &str) -> bool {
+    s.ends_with(|c: char| topic_char(c) && !c.is_ascii_alphanumeric())
+}
+
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -30,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
     let prefix = selector.strip_suffix('*');
     let valid = match prefix {
         Some("") => true,
-        Some(prefix) => follows_rule(prefix),
+        Some(prefix) => follows_rule(prefix) && ends_with_separator(prefix),
         None => follows_rule(selector),
     };
     match Selector::new(selector) {
@@ -45,6 +51,15 @@ fuzz_target!(|data: &[u8]| {
                     None => t.as_str() == selector,
                 };
                 assert_eq!(parsed.matches(t), expected, "{selector:?} {topic:?}");
+                // What a prefix selects starts after a separator: the selector never ends in the
+                // middle of a name of the topic (`org1` of `org10`).
+                if let (Some(p), true) = (prefix, parsed.matches(t)) {
+                    let cut = t.as_str()[..p.len()].chars().next_back();
+                    assert!(
+                        cut.is_none_or(|c| !c.is_ascii_alphanumeric()),
+                        "{p:?} {t:?}"
+                    );
+                }
             }
             match prefix {
                 Some(p) => {

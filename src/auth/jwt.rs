@@ -4,33 +4,43 @@ use std::{
     error::Error as StdError,
     fmt,
     sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use http::request::Parts;
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use super::{bearer_token, Authorize, Denied, Grant, Selector};
+use self::validity::{validity, NumericDate};
+use super::{bearer_token, header_token, Authorize, Denied, Grant, Selector};
 use crate::bus::Topic;
+
+mod validity;
 
 /// An [`Authorize`] policy that reads a signed JWT from the request and allows the topics its
 /// claims select.
 ///
-/// The token comes in an `Authorization: Bearer TOKEN` header, an `access_token` query
-/// parameter (for `EventSource`, which cannot set headers) or a cookie named `sse_token` (see
-/// [`bearer_token`](super::bearer_token)). Its claims:
+/// To subscribe, the token comes in an `Authorization: Bearer TOKEN` header, an `access_token`
+/// query parameter (for `EventSource`, which cannot set headers) or a cookie named `sse_token`
+/// (see [`bearer_token`](super::bearer_token)). To publish, it comes in the `Authorization`
+/// header only: a publish whose token is only in a cookie or the query is refused with `401`,
+/// as a cross-site form could otherwise publish with a visitor's cookie (see [`Authorize`]).
+///
+/// Its claims:
 ///
 /// ```json
 /// {"sub": "user-1", "exp": 1893456000, "subscribe": ["org1:*"], "publish": ["org1:orders"]}
 /// ```
 ///
-/// `subscribe` and `publish` list [`Selector`]s: an exact topic, or a prefix ending in `*`.
-/// A missing list allows nothing; a selector that is not valid selects nothing. `exp` is
-/// required.
+/// `subscribe` and `publish` list [`Selector`]s: an exact topic, `*`, or a prefix ending in a
+/// separator and `*` (`org1:*`). A missing list allows nothing. `exp` is required; `nbf` is
+/// honoured when present. Both are checked with the [`leeway`](Self::leeway) in checked
+/// arithmetic: a token whose `exp` plus the leeway is beyond what the clock can represent is
+/// refused.
 ///
 /// - No token, or one that is malformed, wrongly signed, signed with another algorithm than
-///   the policy's (`alg: none` included) or expired: `401`.
+///   the policy's (`alg: none` included), expired, not yet valid, or whose claims hold a
+///   string that is not a selector (the message names it): `401`.
 /// - A valid token whose selectors do not cover a requested topic (any one of the topics of a
 ///   stream): `403`.
 /// - A stream opened with a valid token ends when the token expires, with a comment telling
@@ -111,11 +121,12 @@ impl JwtPolicy {
 
     fn new(key: DecodingKey, algorithm: Algorithm) -> Self {
         let mut validation = Validation::new(algorithm);
+        // `exp` and `nbf` are checked by `validity`, in checked arithmetic: the library's own
+        // check adds and subtracts the leeway unchecked.
         validation.leeway = 0;
-        // A token is expired from the second of its `exp` on (the library's own check accepts
-        // it during that second), when its streams end too.
-        validation.reject_tokens_expiring_in_less_than = 1;
-        validation.validate_nbf = true;
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.required_spec_claims.clear();
         Self {
             inner: Arc::new(Inner {
                 key,
@@ -129,9 +140,7 @@ impl JwtPolicy {
     /// Tolerates clocks that differ by up to `leeway` (whole seconds) when checking `exp` and
     /// `nbf`; streams then end `leeway` after `exp`. Default: none.
     pub fn leeway(mut self, leeway: Duration) -> Self {
-        let inner = Arc::make_mut(&mut self.inner);
-        inner.validation.leeway = leeway.as_secs();
-        inner.leeway = Duration::from_secs(leeway.as_secs());
+        Arc::make_mut(&mut self.inner).leeway = Duration::from_secs(leeway.as_secs());
         self
     }
 
@@ -152,7 +161,8 @@ impl JwtPolicy {
         self
     }
 
-    /// Verifies the request's token and returns its claims.
+    /// Verifies the request's token, from any of the places a subscriber may send it (see
+    /// [`bearer_token`](super::bearer_token)), and returns its claims.
     ///
     /// # Errors
     ///
@@ -164,20 +174,43 @@ impl JwtPolicy {
                  or an sse_token cookie",
             )
         })?;
+        self.verify(&token)
+    }
+
+    /// Verifies `token` and returns its claims.
+    ///
+    /// # Errors
+    ///
+    /// A `401` [`Denied`] when the token is not valid.
+    pub fn verify(&self, token: &str) -> Result<Claims, Denied> {
         let inner = &*self.inner;
-        let data = jsonwebtoken::decode::<RawClaims>(&*token, &inner.key, &inner.validation)
+        let data = jsonwebtoken::decode::<RawClaims>(token, &inner.key, &inner.validation)
             .map_err(|e| Denied::invalid_token(token_problem(e.kind())))?;
         let raw = data.claims;
-        let expires_at = raw
-            .exp
-            .and_then(|exp| Duration::try_from_secs_f64(exp).ok())
-            .and_then(|exp| UNIX_EPOCH.checked_add(exp + inner.leeway));
+        let expires_at = validity(raw.exp, raw.nbf, validity::now(), inner.leeway.as_secs())
+            .map_err(|invalid| Denied::invalid_token(invalid.message()))?;
         Ok(Claims {
             subject: raw.sub,
-            expires_at,
-            subscribe: selectors(raw.subscribe),
-            publish: selectors(raw.publish),
+            expires_at: Some(expires_at),
+            subscribe: selectors("subscribe", raw.subscribe)?,
+            publish: selectors("publish", raw.publish)?,
         })
+    }
+
+    /// The claims of the token in the request's `Authorization` header, the only place a
+    /// publish may send it.
+    fn publish_claims(&self, request: &Parts) -> Result<Claims, Denied> {
+        match header_token(request) {
+            Some(token) => self.verify(token),
+            None if bearer_token(request).is_some() => Err(Denied::unauthenticated(
+                "publishing takes the token from the Authorization header only: send \
+                 Authorization: Bearer TOKEN (a token in a cookie or the query, which a \
+                 cross-site form could send, is not accepted for publishing)",
+            )),
+            None => Err(Denied::unauthenticated(
+                "no token: send Authorization: Bearer TOKEN",
+            )),
+        }
     }
 }
 
@@ -204,8 +237,20 @@ fn token_problem(kind: &ErrorKind) -> &'static str {
     }
 }
 
-fn selectors(raw: Vec<String>) -> Vec<Selector> {
-    raw.iter().filter_map(|s| Selector::new(s).ok()).collect()
+/// The selectors of a claim; the first string that is not one refuses the token, naming it
+/// (shortened, it is the client's text).
+fn selectors(claim: &str, raw: Vec<String>) -> Result<Vec<Selector>, Denied> {
+    raw.iter()
+        .map(|s| {
+            Selector::new(s).map_err(|e| {
+                let shown: String = s.chars().take(64).collect();
+                let more = if shown.len() < s.len() { "..." } else { "" };
+                Denied::invalid_token(format!(
+                    "invalid token: its {claim} claim holds {shown:?}{more}: {e}"
+                ))
+            })
+        })
+        .collect()
 }
 
 impl Authorize for JwtPolicy {
@@ -223,7 +268,7 @@ impl Authorize for JwtPolicy {
     }
 
     fn publish(&self, request: &Parts, topic: &Topic) -> Result<(), Denied> {
-        let claims = self.claims(request)?;
+        let claims = self.publish_claims(request)?;
         if !claims.may_publish(topic) {
             return Err(Denied::forbidden(format!(
                 "this token may not publish to topic {topic}"
@@ -247,7 +292,9 @@ struct RawClaims {
     #[serde(default)]
     sub: Option<String>,
     #[serde(default)]
-    exp: Option<f64>,
+    exp: Option<NumericDate>,
+    #[serde(default)]
+    nbf: Option<NumericDate>,
     #[serde(default)]
     subscribe: Vec<String>,
     #[serde(default)]
@@ -274,12 +321,12 @@ impl Claims {
         self.expires_at
     }
 
-    /// The valid selectors of the `subscribe` claim.
+    /// The selectors of the `subscribe` claim.
     pub fn subscribe(&self) -> &[Selector] {
         &self.subscribe
     }
 
-    /// The valid selectors of the `publish` claim.
+    /// The selectors of the `publish` claim.
     pub fn publish(&self) -> &[Selector] {
         &self.publish
     }
@@ -297,22 +344,33 @@ impl Claims {
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use jsonwebtoken::{EncodingKey, Header};
+    use proptest::prelude::*;
     use serde_json::json;
 
     use super::*;
 
     const SECRET: &[u8] = b"unit test secret, long enough for HS256";
 
-    fn request(claims: &serde_json::Value) -> Parts {
-        let token = jsonwebtoken::encode(
+    fn token(claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             claims,
             &EncodingKey::from_secret(SECRET),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    fn request(claims: &serde_json::Value) -> Parts {
+        request_with(claims, "authorization", "Bearer ")
+    }
+
+    /// A request with the token in header `name`, after `before` (`Bearer `, `sse_token=`).
+    fn request_with(claims: &serde_json::Value, name: &str, before: &str) -> Parts {
         let (parts, ()) = http::Request::get("/events/t")
-            .header("authorization", format!("Bearer {token}"))
+            .header(name, format!("{before}{}", token(claims)))
             .body(())
             .unwrap()
             .into_parts();
@@ -328,7 +386,7 @@ mod tests {
         let exp = in_an_hour();
         let policy = JwtPolicy::hs256(SECRET);
         let req = request(&json!({
-            "sub": "u", "exp": exp, "subscribe": ["a:*", "bad selector", "b"], "publish": ["a:x"]
+            "sub": "u", "exp": exp, "subscribe": ["a:*", "b"], "publish": ["a:x"]
         }));
         let claims = policy.claims(&req).unwrap();
         assert_eq!(claims.subject(), Some("u"));
@@ -336,10 +394,9 @@ mod tests {
             claims.expires_at(),
             Some(UNIX_EPOCH + Duration::from_secs(exp))
         );
-        // The invalid selector selects nothing; the others work.
         assert_eq!(claims.subscribe().len(), 2);
         assert!(claims.may_subscribe("a:y") && claims.may_subscribe("b"));
-        assert!(!claims.may_subscribe("bad selector") && !claims.may_subscribe("c"));
+        assert!(!claims.may_subscribe("c"));
         assert!(claims.may_publish("a:x") && !claims.may_publish("a:y"));
 
         let topics = [Topic::new("a:1").unwrap(), Topic::new("b").unwrap()];
@@ -357,6 +414,131 @@ mod tests {
             .publish(&req, &Topic::new("a:y").unwrap())
             .unwrap_err()
             .is_forbidden());
+    }
+
+    #[test]
+    fn a_claim_with_an_invalid_selector_refuses_the_token() {
+        let policy = JwtPolicy::hs256(SECRET);
+        for (claims, named) in [
+            (
+                json!({"exp": in_an_hour(), "subscribe": ["a:*", "org1*"]}),
+                "\"org1*\"",
+            ),
+            (
+                json!({"exp": in_an_hour(), "publish": ["bad selector"]}),
+                "\"bad selector\"",
+            ),
+            (
+                json!({"exp": in_an_hour(), "subscribe": ["x".repeat(300)]}),
+                &format!("{:?}...", "x".repeat(64)),
+            ),
+        ] {
+            let denied = policy.claims(&request(&claims)).unwrap_err();
+            assert!(denied.is_unauthenticated(), "{denied}");
+            assert!(denied.message().contains(named), "{denied}");
+        }
+        let denied = policy
+            .claims(&request(
+                &json!({"exp": in_an_hour(), "subscribe": ["org1*"]}),
+            ))
+            .unwrap_err();
+        assert!(denied.message().contains("write `org1:*`"), "{denied}");
+    }
+
+    #[test]
+    fn publishing_reads_the_authorization_header_only() {
+        let policy = JwtPolicy::hs256(SECRET);
+        let claims = json!({"exp": in_an_hour(), "subscribe": ["t"], "publish": ["t"]});
+        let topic = Topic::new("t").unwrap();
+        let cookie = request_with(&claims, "cookie", "sse_token=");
+        assert!(policy
+            .subscribe(&cookie, std::slice::from_ref(&topic))
+            .is_ok());
+        let denied = policy.publish(&cookie, &topic).unwrap_err();
+        assert!(denied.is_unauthenticated(), "{denied}");
+        assert!(
+            denied.message().contains("Authorization: Bearer"),
+            "{denied}"
+        );
+        let (query, ()) = http::Request::post(format!("/p?access_token={}", token(&claims)))
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert!(policy.claims(&query).is_ok());
+        assert!(policy
+            .publish(&query, &topic)
+            .unwrap_err()
+            .is_unauthenticated());
+        assert!(policy.publish(&request(&claims), &topic).is_ok());
+        let none = http::Request::post("/p").body(()).unwrap().into_parts().0;
+        let denied = policy.publish(&none, &topic).unwrap_err();
+        assert!(denied.message().starts_with("no token"), "{denied}");
+    }
+
+    #[test]
+    fn times_in_checked_arithmetic() {
+        let now = jsonwebtoken::get_current_timestamp();
+        let lenient = JwtPolicy::hs256(SECRET).leeway(Duration::from_secs(u64::MAX / 2));
+        for exp in [u64::MAX, u64::MAX - 1, u64::MAX / 2 + 1] {
+            let denied = lenient
+                .claims(&request(&json!({ "exp": exp })))
+                .unwrap_err();
+            assert!(denied.message().contains("exp claim"), "{exp}: {denied}");
+        }
+        let strict = JwtPolicy::hs256(SECRET);
+        let denied = strict.claims(&request(&json!({ "exp": -1 }))).unwrap_err();
+        assert!(denied.is_unauthenticated(), "{denied}");
+        let denied = strict.claims(&request(&json!({}))).unwrap_err();
+        assert!(denied.message().contains("no exp"), "{denied}");
+        let early = request(&json!({ "exp": now + 3600, "nbf": now + 600 }));
+        let denied = strict.claims(&early).unwrap_err();
+        assert!(denied.message().contains("not valid yet"), "{denied}");
+        assert!(JwtPolicy::hs256(SECRET)
+            .leeway(Duration::from_secs(900))
+            .claims(&early)
+            .is_ok());
+        let float = strict
+            .claims(&request(&json!({ "exp": now as f64 + 100.75 })))
+            .unwrap();
+        assert_eq!(
+            float.expires_at(),
+            Some(UNIX_EPOCH + Duration::from_secs(now + 100))
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever numbers a validly signed token holds, the policy answers without panicking:
+        /// claims whose stream ends at `exp + leeway`, or a `401`.
+        #[test]
+        fn any_signed_times(
+            exp in prop_oneof![
+                any::<u64>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<f64>().prop_map(serde_json::Value::from),
+                (u64::MAX - 100..=u64::MAX).prop_map(serde_json::Value::from),
+            ],
+            nbf in proptest::option::of(any::<u64>()),
+            leeway in prop_oneof![any::<u64>(), 0u64..1_000_000],
+        ) {
+            let before = jsonwebtoken::get_current_timestamp();
+            let mut claims = json!({ "exp": exp, "subscribe": ["*"] });
+            if let Some(nbf) = nbf {
+                claims["nbf"] = nbf.into();
+            }
+            let policy = JwtPolicy::hs256(SECRET).leeway(Duration::from_secs(leeway));
+            match policy.claims(&request(&claims)) {
+                Ok(claims) => {
+                    prop_assert!(exp.as_f64().unwrap() >= 0.0);
+                    let exp = exp.as_u64().map_or_else(|| exp.as_f64().unwrap() as u128, u128::from);
+                    let end = claims.expires_at().unwrap().duration_since(UNIX_EPOCH).unwrap();
+                    prop_assert_eq!(u128::from(end.as_secs()), exp + u128::from(leeway));
+                    prop_assert!(end.as_secs() > before);
+                }
+                Err(denied) => prop_assert!(denied.is_unauthenticated(), "{}", denied),
+            }
+        }
     }
 
     #[test]
