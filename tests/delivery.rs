@@ -16,7 +16,7 @@ use bytes::Bytes;
 use support::{
     demo::Demo,
     http::{request_with, SseClient},
-    load::{proc_status, stalled_client, Publisher, MIB},
+    load::{connections_to, proc_status, stalled_client, Publisher, MIB},
 };
 use tower_sse::{Event, EventBus, SseLayer};
 
@@ -83,14 +83,17 @@ async fn a_reader_as_fast_as_it_can_gets_every_event_of_a_burst() {
 /// One client stops reading (a 4 KiB receive buffer, never read) while another reads, and
 /// 300 events of 1 MiB go to their topic. The reader gets all 300; the server holds at most the
 /// stalled client's queue bound (8 MiB), the topic's history (4 MiB) and what is in flight, so
-/// it grows far less than the 300 MiB it was sent; and the stalled stream is let go.
+/// it grows far less than the 300 MiB it was sent; and the stalled connection is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_costs_bounded_memory_while_a_fast_one_gets_everything() {
     const TOTAL: usize = 300;
     const BOUND: u64 = 64 * MIB;
     let demo = Demo::start(&[]);
     let pid = demo.pid();
-    let _stalled = stalled_client(demo.addr, "/events/huge", 4096).await;
+    let stalled = stalled_client(demo.addr, "/events/huge", 4096).await;
+    let stalled_at = stalled.local_addr().unwrap();
+    assert_eq!(connections_to(pid, stalled_at), 1);
+    let started = std::time::Instant::now();
     let mut reader = SseClient::connect(demo.addr, "/events/huge", None).await;
     assert!(reader.next_event().await.unwrap().is_status());
     let received = Arc::new(AtomicUsize::new(0));
@@ -125,6 +128,16 @@ async fn a_stalled_client_costs_bounded_memory_while_a_fast_one_gets_everything(
         "the server grew by {} KiB at its peak",
         peak.saturating_sub(before) / 1024
     );
+    // The server closes the stalled connection (its write timeout, 30 s by default).
+    while connections_to(pid, stalled_at) > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the stalled connection is still open after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("stalled connection closed after {:?}", started.elapsed());
+    drop(stalled);
 }
 
 /// 200 events of 1 MiB to 200 topics nobody follows: history across topics is bounded
