@@ -271,9 +271,11 @@ async fn run(options: Options) -> Result<(), String> {
         layer = layer.max_streams(max);
     }
     let policy = options.jwt_secret.as_deref().map(JwtPolicy::hs256);
-    if let Some(policy) = &policy {
-        layer = layer.authorize(policy.clone());
-    }
+    // Who may subscribe: the token's claims, or (without --jwt-secret) anyone, as a demo is.
+    layer = match &policy {
+        Some(policy) => layer.authorize(policy.clone()),
+        None => layer.public(),
+    };
     let app = App {
         max_event_bytes: options.max_event_bytes,
         policy,
@@ -398,7 +400,7 @@ async fn publish(
     };
     let (parts, body) = req.into_parts();
     if let Some(policy) = &app.policy {
-        if let Err(denied) = policy.publish(&parts, &topic) {
+        if let Err(denied) = policy.publish(&parts, &topic).await {
             return denied.into_response();
         }
     }

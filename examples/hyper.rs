@@ -31,7 +31,7 @@ pub async fn serve(listener: TcpListener, bus: EventBus, shutdown: impl Future<O
     // The application's own service, wrapped with the layer: `/events/...` is answered by the
     // layer, everything else reaches `handle` with the bus in the request's extensions.
     let service = ServiceBuilder::new()
-        .layer(SseLayer::new(bus.clone()))
+        .layer(SseLayer::new(bus.clone()).public())
         .service_fn(handle);
     // Event streams never end on their own: end them when shutting down, so their
     // connections can close.

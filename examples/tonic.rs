@@ -146,7 +146,7 @@ async fn say(request: tonic::Request<String>) -> Result<tonic::Response<String>,
 /// connections.
 pub async fn serve(listener: TcpListener, bus: EventBus, shutdown: impl Future<Output = ()>) {
     let routes = Routes::new(ChatService).prepare();
-    let service = SseLayer::new(bus.clone()).layer(routes);
+    let service = SseLayer::new(bus.clone()).public().layer(routes);
     let shutdown = async move {
         shutdown.await;
         bus.shutdown();

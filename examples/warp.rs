@@ -48,7 +48,9 @@ async fn say(bus: EventBus, body: Bytes) -> impl Reply {
 /// Serves the app on `listener` until `shutdown` completes, then shuts down gracefully.
 pub async fn serve(listener: TcpListener, bus: EventBus, shutdown: impl Future<Output = ()>) {
     // The filter as a tower service, wrapped with the layer.
-    let service = SseLayer::new(bus.clone()).layer(warp::service(routes()));
+    let service = SseLayer::new(bus.clone())
+        .public()
+        .layer(warp::service(routes()));
     // End the event streams when shutting down, so their connections can close.
     let shutdown = async move {
         shutdown.await;

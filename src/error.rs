@@ -258,3 +258,40 @@ impl fmt::Display for InvalidEventId {
 }
 
 impl StdError for InvalidEventId {}
+
+/// An event's data that is not the JSON asked for, or a value that cannot be written as JSON
+/// (feature `json`): from [`Event::json`](crate::Event::json) and
+/// [`EncodedEvent::json`](crate::EncodedEvent::json).
+#[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
+pub struct JsonError {
+    problem: String,
+}
+
+#[cfg(feature = "json")]
+impl JsonError {
+    pub(crate) fn new(e: serde_json::Error) -> Self {
+        Self {
+            problem: e.to_string(),
+        }
+    }
+}
+
+#[cfg(feature = "json")]
+impl fmt::Debug for JsonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JsonError")
+            .field("problem", &self.problem)
+            .finish()
+    }
+}
+
+#[cfg(feature = "json")]
+impl fmt::Display for JsonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "event data as JSON: {}", self.problem)
+    }
+}
+
+#[cfg(feature = "json")]
+impl StdError for JsonError {}

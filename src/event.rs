@@ -63,6 +63,35 @@ impl Event {
         self
     }
 
+    /// An event whose data is `value` serialized as JSON (feature `json`), on one line.
+    ///
+    /// # Errors
+    ///
+    /// When `value` cannot be serialized (a map with keys that are not strings, say).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use serde::Serialize;
+    /// use tower_sse::Event;
+    ///
+    /// #[derive(Serialize)]
+    /// struct Shipped {
+    ///     order: u32,
+    /// }
+    ///
+    /// let event = Event::json(&Shipped { order: 17 })?.event("shipped")?;
+    /// assert_eq!(&event.encode()[..], b"event: shipped\ndata: {\"order\":17}\n\n");
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "json")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
+    pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> Result<Self, crate::JsonError> {
+        serde_json::to_string(value)
+            .map(Self::new)
+            .map_err(crate::JsonError::new)
+    }
+
     /// Sets the event type (`event:` field), which browsers dispatch to
     /// `addEventListener(type, ...)` instead of `onmessage`.
     ///

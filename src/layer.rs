@@ -6,7 +6,7 @@ use crate::{
     auth::{Authorize, Policy},
     bus::EventBus,
     limit::StreamLimit,
-    route::Route,
+    route::{Access, Route},
     service::Sse,
 };
 
@@ -33,7 +33,7 @@ use crate::{
 ///
 /// let bus = EventBus::memory();
 /// let service = ServiceBuilder::new()
-///     .layer(SseLayer::new(bus).path("/stream"))
+///     .layer(SseLayer::new(bus).public().path("/stream"))
 ///     .service_fn(|req: Request<String>| async move {
 ///         // Every request carries the bus.
 ///         let bus = req.extensions().get::<EventBus>().unwrap().clone();
@@ -48,11 +48,32 @@ pub struct SseLayer {
 }
 
 impl SseLayer {
-    /// A layer serving streams from `bus` at `/events`.
+    /// A layer for `bus`, with its stream route at `/events` closed: it opens nothing until
+    /// the application says who may subscribe, with [`authorize`](Self::authorize) (a policy)
+    /// or [`public`](Self::public) (anyone, every topic). Until then every stream request gets
+    /// `403` saying so. For the bus in the extensions alone, with no route at all, use
+    /// [`without_route`](Self::without_route).
     pub fn new(bus: EventBus) -> Self {
         Self {
             route: Route::new(bus),
         }
+    }
+
+    /// Opens every topic of the route to anyone, without authorization: for public feeds, or
+    /// behind an authentication of your own in front of the layer. The choice is explicit so
+    /// that it shows in review; prefer [`authorize`](Self::authorize) when topics belong to
+    /// users.
+    pub fn public(mut self) -> Self {
+        self.route.access = Access::Public;
+        self
+    }
+
+    /// Serves no stream route: the layer only puts the bus (and [`Streams`](crate::Streams),
+    /// for handlers that serve streams themselves) into every request's extensions, and every
+    /// request reaches the inner service.
+    pub fn without_route(mut self) -> Self {
+        self.route.mounted = false;
+        self
     }
 
     /// Serves streams at `path` (`GET {path}/{topic}` and `GET {path}?topic=..`) instead of
@@ -104,7 +125,8 @@ impl SseLayer {
         self
     }
 
-    /// Checks every stream request with `policy` before subscribing.
+    /// Opens the route to the streams `policy` allows, checking every stream request before
+    /// subscribing.
     ///
     /// The policy sees the request (headers, URI, and the extensions your authentication
     /// middleware set, when it runs before this layer) and the requested topics. A refusal is
@@ -132,7 +154,7 @@ impl SseLayer {
     /// # let _ = layer;
     /// ```
     pub fn authorize(mut self, policy: impl Authorize) -> Self {
-        self.route.authorize = Some(Policy::new(policy));
+        self.route.access = Access::Policy(Policy::new(policy));
         self
     }
 

@@ -28,7 +28,7 @@
 //! # async fn main() -> std::io::Result<()> {
 //! let bus = EventBus::memory();
 //! let service = ServiceBuilder::new()
-//!     .layer(SseLayer::new(bus))
+//!     .layer(SseLayer::new(bus).public())
 //!     .service_fn(|req: Request<hyper::body::Incoming>| async move {
 //!         // Any handler can publish through the bus in the request's extensions.
 //!         let bus = req.extensions().get::<EventBus>().unwrap();
@@ -173,3 +173,16 @@ pub use self::bus::redis::{RedisConfig, SubscribeMode};
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
 #[doc(inline)]
 pub use self::auth::JwtPolicy;
+
+#[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
+#[doc(inline)]
+pub use self::error::JsonError;
+
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+mod axum;
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+#[doc(inline)]
+pub use self::axum::LastEventId;

@@ -5,7 +5,7 @@ use std::{future::Future, pin::Pin, sync::Arc, time::SystemTime};
 use http::{header::HeaderName, request::Parts, Method, Request, Response, StatusCode};
 
 use crate::{
-    auth::{Denied, Policy},
+    auth::{BoxAnswer, Denied, Grant, Policy},
     bus::{EventBus, Subscription, Topic},
     handler::StreamError,
     limit::{StreamLimit, StreamPermit},
@@ -26,7 +26,20 @@ pub(crate) struct Route {
     pub(crate) path: String,
     pub(crate) stream: StreamConfig,
     pub(crate) limit: Option<StreamLimit>,
-    pub(crate) authorize: Option<Policy>,
+    pub(crate) access: Access,
+    /// Whether the route is served at all (a layer may be there for the bus alone).
+    pub(crate) mounted: bool,
+}
+
+/// Who may open streams on the route.
+#[derive(Debug, Clone)]
+pub(crate) enum Access {
+    /// Nobody, until the application chooses (the default).
+    Closed,
+    /// Anyone, every topic.
+    Public,
+    /// Whoever the policy lets.
+    Policy(Policy),
 }
 
 /// A request for an event stream, parsed but not yet validated against the topic rule.
@@ -43,14 +56,15 @@ impl Route {
             path: "/events".to_owned(),
             stream: StreamConfig::default(),
             limit: None,
-            authorize: None,
+            access: Access::Closed,
+            mounted: true,
         }
     }
 
-    /// Whether `request` is for the event stream route: `GET {path}?topic=..` or
-    /// `GET {path}/{topic}`.
+    /// Whether `request` is for the event stream route: `GET` (or `HEAD`) `{path}?topic=..` or
+    /// `{path}/{topic}`.
     pub(crate) fn matches<B>(&self, request: &Request<B>) -> bool {
-        if request.method() != Method::GET {
+        if !self.mounted || !matches!(*request.method(), Method::GET | Method::HEAD) {
             return false;
         }
         let path = request.uri().path();
@@ -106,71 +120,94 @@ impl Route {
     }
 
     /// Authorizes, subscribes and builds the response: the event stream, or a short error.
+    /// A `HEAD` request is answered as its `GET` would be, without subscribing.
     pub(crate) fn serve(self: &Arc<Self>, parts: &Parts, request: StreamRequest) -> ResponseFuture {
-        let mut expires = None;
-        if let Some(policy) = &self.authorize {
-            match authorize(policy, parts, &request.topics) {
-                Ok(grant) => expires = grant,
-                Err(denied) => return Box::pin(std::future::ready(denied.stream_response())),
-            }
-        }
-        let permit = match self.slot() {
-            Ok(permit) => permit,
-            Err(e) => return Box::pin(std::future::ready(e.into_response())),
+        let answer = match &self.access {
+            Access::Closed => return Box::pin(std::future::ready(closed())),
+            Access::Public => None,
+            Access::Policy(policy) => ask(policy, parts, &request.topics),
         };
+        let head = parts.method == Method::HEAD;
         let route = self.clone();
         Box::pin(async move {
+            let expires = match answer {
+                Some(answer) => match answer.await {
+                    Ok(grant) => grant.expires_at(),
+                    Err(denied) => return refused(denied),
+                },
+                None => None,
+            };
             if request.topics.is_empty() {
                 return text_response(
                     StatusCode::BAD_REQUEST,
                     "no topic given: use /events/{topic} or ?topic=A&topic=B",
                 );
             }
-            let resume = request.resume.as_deref();
-            match route.bus.subscribe(&request.topics, resume).await {
-                Ok(subscription) => {
-                    let stream = route.open(subscription, permit);
-                    match expires {
-                        Some(at) => stream.expires_at(at),
-                        None => stream,
-                    }
-                    .into_response()
-                }
-                Err(e) => EventStream::error_response(&e),
+            if head {
+                return match route.bus.check_topics(&request.topics) {
+                    Ok(()) => EventStream::head_response(),
+                    Err(e) => EventStream::error_response(&e),
+                };
             }
+            route.subscribe(request, expires).await
         })
+    }
+
+    /// Subscribes under the stream limit and builds the stream, ending at `expires`.
+    async fn subscribe(
+        &self,
+        request: StreamRequest,
+        expires: Option<SystemTime>,
+    ) -> Response<EventStream> {
+        let permit = match self.slot() {
+            Ok(permit) => permit,
+            Err(e) => return e.into_response(),
+        };
+        let resume = request.resume.as_deref();
+        match self.bus.subscribe(&request.topics, resume).await {
+            Ok(subscription) => {
+                let stream = self.open(subscription, permit);
+                match expires {
+                    Some(at) => stream.expires_at(at),
+                    None => stream,
+                }
+                .into_response()
+            }
+            Err(e) => EventStream::error_response(&e),
+        }
     }
 }
 
-/// Checks a stream request against the policy: the instant the stream must end, if any, or
-/// the refusal. Topics that break the rule are left for the bus to refuse.
-fn authorize(
-    policy: &Policy,
-    parts: &Parts,
-    names: &[String],
-) -> Result<Option<SystemTime>, Denied> {
-    let Ok(topics) = names
+/// The policy's answer to a stream request; `None` when a topic breaks the rule (the bus
+/// refuses those with `400`).
+fn ask(policy: &Policy, parts: &Parts, names: &[String]) -> Option<BoxAnswer<Grant>> {
+    let topics = names
         .iter()
         .map(|t| Topic::new(t))
         .collect::<Result<Vec<_>, _>>()
-    else {
-        return Ok(None);
-    };
-    if topics.is_empty() {
-        return Ok(None);
-    }
-    match policy.subscribe(parts, &topics) {
-        Ok(grant) => Ok(grant.expires_at()),
-        Err(denied) => {
-            tracing::debug!(status = %denied.status_code(), reason = %denied, "stream refused");
-            crate::metrics::refused(if denied.is_forbidden() {
-                "forbidden"
-            } else {
-                "unauthenticated"
-            });
-            Err(denied)
-        }
-    }
+        .ok()?;
+    (!topics.is_empty()).then(|| policy.subscribe(parts, &topics))
+}
+
+/// The answer to a stream request the policy refused.
+fn refused(denied: Denied) -> Response<EventStream> {
+    tracing::debug!(status = %denied.status_code(), reason = %denied, "stream refused");
+    crate::metrics::refused(if denied.is_forbidden() {
+        "forbidden"
+    } else {
+        "unauthenticated"
+    });
+    denied.stream_response()
+}
+
+/// The answer of a route whose application chose nobody to let in yet.
+fn closed() -> Response<EventStream> {
+    crate::metrics::refused("closed");
+    text_response(
+        StatusCode::FORBIDDEN,
+        "no topic is open on this route: the server must choose who may subscribe \
+         (SseLayer::authorize) or open every topic to anyone (SseLayer::public)",
+    )
 }
 
 /// The resume point a client asks for: its `Last-Event-ID` header or, for clients that cannot

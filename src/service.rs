@@ -19,7 +19,7 @@ use crate::{
     handler::Streams,
     layer::normalize_path,
     limit::StreamLimit,
-    route::Route,
+    route::{Access, Route},
     stream::{text_response, EventStream},
 };
 
@@ -118,8 +118,8 @@ where
 ///
 /// let bus = EventBus::memory();
 /// let app: Router = Router::new()
-///     .route_service("/events/{topic}", SseService::new(bus.clone()))
-///     .route_service("/events", SseService::new(bus));
+///     .route_service("/events/{topic}", SseService::new(bus.clone()).public())
+///     .route_service("/events", SseService::new(bus).public());
 /// # let _ = app;
 /// ```
 #[derive(Debug, Clone)]
@@ -128,7 +128,8 @@ pub struct SseService {
 }
 
 impl SseService {
-    /// Serves streams from `bus` at `/events`.
+    /// Serves streams from `bus` at `/events`, closed until [`authorize`](Self::authorize) or
+    /// [`public`](Self::public) says who may subscribe (as [`SseLayer::new`](crate::SseLayer::new)).
     pub fn new(bus: EventBus) -> Self {
         Self {
             route: Arc::new(Route::new(bus)),
@@ -158,7 +159,13 @@ impl SseService {
     /// with `401` or `403`, and a stream granted until an instant ends then. See
     /// [`SseLayer::authorize`](crate::SseLayer::authorize).
     pub fn authorize(mut self, policy: impl Authorize) -> Self {
-        Arc::make_mut(&mut self.route).authorize = Some(Policy::new(policy));
+        Arc::make_mut(&mut self.route).access = Access::Policy(Policy::new(policy));
+        self
+    }
+
+    /// Opens every topic to anyone; see [`SseLayer::public`](crate::SseLayer::public).
+    pub fn public(mut self) -> Self {
+        Arc::make_mut(&mut self.route).access = Access::Public;
         self
     }
 

@@ -305,6 +305,12 @@ impl EventStream {
         self
     }
 
+    /// The answer to a `HEAD` request for a stream that would be served: the stream's headers,
+    /// no body.
+    pub(crate) fn head_response() -> Response<Self> {
+        Self::fixed(Bytes::new()).into_response()
+    }
+
     /// A `200` response with this body and the headers an event stream needs
     /// (`Content-Type: text/event-stream`, `Cache-Control: no-cache`,
     /// `X-Accel-Buffering: no` so proxies such as nginx do not buffer it).

@@ -484,8 +484,9 @@ async fn closures_are_policies() {
         .body(())
         .unwrap()
         .into_parts();
-    let denied =
-        tower_sse::Authorize::publish(&policy, &parts, &Topic::new("bob:y").unwrap()).unwrap_err();
+    let denied = tower_sse::Authorize::publish(&policy, &parts, &Topic::new("bob:y").unwrap())
+        .await
+        .unwrap_err();
     assert!(denied.is_forbidden());
     assert!(denied.message().contains("Publish on bob:y"));
 }

@@ -210,41 +210,81 @@ async fn hyper_service_wrapped_with_the_layer() {
     subscriber.assert_ends().await;
 }
 
+/// A token for `user`, signed with the axum example's secret, valid for `secs` seconds.
+fn axum_token(user: &str, secs: u64) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + secs;
+    let claims = serde_json::json!({ "sub": user, "exp": exp, "publish": ["orders"] });
+    let key = jsonwebtoken::EncodingKey::from_secret(axum_example::DEFAULT_SECRET.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+}
+
 #[tokio::test]
 async fn axum_router_with_the_layer() {
-    use axum_example::{ChatMessage, Posted};
+    use axum_example::{Order, Placed};
 
     let server = Server::start(axum_example::serve).await;
-    // One stream from the layer's own route, one from the app's handler.
-    let mut from_layer = Subscriber::open(server.addr, "/events/room:lobby").await;
-    let mut from_handler = Subscriber::open(server.addr, "/rooms/lobby/events").await;
+    let alice = axum_token("alice", 600);
+    let path = format!("/me/orders?access_token={alice}");
+    let mut stream = Subscriber::open(server.addr, &path).await;
 
-    let (status, body) = post(
+    let (status, body) = post_with(
         server.addr,
-        "/rooms/lobby/messages",
-        "application/json",
-        r#"{"user":"ann","text":"hello from axum"}"#,
+        "/orders",
+        &[("authorization", &format!("Bearer {alice}"))],
+        r#"{"item":"tea"}"#,
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let posted: Posted = serde_json::from_str(&body).expect("a JSON reply");
+    let placed: Placed = serde_json::from_str(&body).expect("a JSON reply");
 
-    let expected = ChatMessage {
-        room: "lobby".into(),
-        user: "ann".into(),
-        text: "hello from axum".into(),
+    let event = stream.next().await;
+    assert_eq!(event.event, "order");
+    let order: Order = serde_json::from_str(&event.data).expect("JSON data");
+    let expected = Order {
+        user: "alice".into(),
+        item: "tea".into(),
     };
-    for subscriber in [&mut from_layer, &mut from_handler] {
-        let event = subscriber.next().await;
-        assert_eq!(event.event, "chat");
-        let message: ChatMessage = serde_json::from_str(&event.data).expect("JSON data");
-        assert_eq!(message, expected);
-        assert_id(&event.id, &posted.id);
-    }
+    assert_eq!(order, expected);
+    assert_id(&event.id, &placed.id);
 
     server.stop().await;
-    from_layer.assert_ends().await;
-    from_handler.assert_ends().await;
+    stream.assert_ends().await;
+}
+
+/// Sends `POST path` with a JSON `body` and extra `headers`; the status and response body.
+async fn post_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, String) {
+    let (mut sender, connection) = handshake(addr).await;
+    tokio::spawn(connection);
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header(header::HOST, addr.to_string())
+        .header(header::CONTENT_TYPE, "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("a request");
+    let exchange = async {
+        let response = sender.send_request(request).await.expect("a response");
+        let status = response.status();
+        let body = response.into_body().collect().await.expect("the body");
+        (
+            status,
+            String::from_utf8(body.to_bytes().to_vec()).expect("UTF-8"),
+        )
+    };
+    timeout(WAIT, exchange).await.expect("the response in time")
 }
 
 #[tokio::test]

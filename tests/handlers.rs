@@ -78,7 +78,7 @@ async fn serve(layer: SseLayer) -> std::net::SocketAddr {
 #[tokio::test]
 async fn a_handler_stream_filters_per_client_and_skipped_events_move_its_position() {
     let bus = EventBus::memory();
-    let addr = serve(SseLayer::new(bus.clone())).await;
+    let addr = serve(SseLayer::new(bus.clone()).public()).await;
     let mut alice = SseClient::connect(addr, "/me/alice", None).await;
     assert_eq!(alice.status, 200);
     assert!(alice.next_event().await.unwrap().is_status());
@@ -119,7 +119,7 @@ async fn a_handler_stream_filters_per_client_and_skipped_events_move_its_positio
 #[tokio::test]
 async fn handler_streams_count_against_the_layer_limit() {
     let bus = EventBus::memory();
-    let addr = serve(SseLayer::new(bus.clone()).max_streams(2)).await;
+    let addr = serve(SseLayer::new(bus.clone()).public().max_streams(2)).await;
     let first = SseClient::connect(addr, "/me/alice", None).await;
     let second = SseClient::connect(addr, "/events/orders", None).await;
     assert_eq!((first.status.as_u16(), second.status.as_u16()), (200, 200));
@@ -135,7 +135,7 @@ async fn handler_streams_count_against_the_layer_limit() {
 #[tokio::test]
 async fn a_handler_stream_ends_at_its_expiry_naming_the_resume_id() {
     let bus = EventBus::memory();
-    let addr = serve(SseLayer::new(bus.clone())).await;
+    let addr = serve(SseLayer::new(bus.clone()).public()).await;
     let mut alice = SseClient::connect(addr, "/me/alice?expires=300", None).await;
     let status = alice.next_event().await.unwrap();
     let start = status.id.unwrap();

@@ -15,7 +15,7 @@ fn status_json(frame: &support::http::Frame) -> serde_json::Value {
 #[tokio::test]
 async fn events_arrive_in_order_with_ids() {
     let bus = EventBus::memory();
-    let server = serve(SseLayer::new(bus.clone())).await;
+    let server = serve(SseLayer::new(bus.clone()).public()).await;
     let mut client = SseClient::connect(server.addr, "/events/orders", None).await;
     assert_eq!(client.status, 200);
     assert_eq!(client.headers["content-type"], "text/event-stream");
@@ -43,7 +43,7 @@ async fn events_arrive_in_order_with_ids() {
 #[tokio::test]
 async fn subscription_is_live_when_the_head_arrives() {
     let bus = EventBus::memory();
-    let server = serve(SseLayer::new(bus.clone())).await;
+    let server = serve(SseLayer::new(bus.clone()).public()).await;
     // Many rounds: a race between "head sent" and "subscribed" would show up.
     for round in 0..50 {
         let topic = format!("live{round}");
@@ -58,7 +58,7 @@ async fn subscription_is_live_when_the_head_arrives() {
 #[tokio::test]
 async fn several_topics_on_one_stream() {
     let bus = EventBus::memory();
-    let server = serve(SseLayer::new(bus.clone())).await;
+    let server = serve(SseLayer::new(bus.clone()).public()).await;
     let mut client = SseClient::connect(server.addr, "/events?topic=a&topic=b%3Ax", None).await;
     assert_eq!(client.status, 200);
     client.next_event().await.unwrap();
@@ -89,7 +89,7 @@ async fn read_events(client: &mut SseClient, n: usize) -> (Vec<String>, String) 
 #[tokio::test]
 async fn resume_single_topic_replays_exactly_the_missed_events() {
     let bus = EventBus::memory();
-    let server = serve(SseLayer::new(bus.clone())).await;
+    let server = serve(SseLayer::new(bus.clone()).public()).await;
     let mut client = SseClient::connect(server.addr, "/events/t", None).await;
     client.next_event().await.unwrap();
     for i in 0..5 {
@@ -124,7 +124,7 @@ async fn resume_single_topic_replays_exactly_the_missed_events() {
 #[tokio::test]
 async fn resume_several_topics_from_one_id() {
     let bus = EventBus::memory();
-    let server = serve(SseLayer::new(bus.clone())).await;
+    let server = serve(SseLayer::new(bus.clone()).public()).await;
     let path = "/events?topic=a&topic=b";
     let mut client = SseClient::connect(server.addr, path, None).await;
     client.next_event().await.unwrap();
@@ -148,7 +148,7 @@ async fn resume_several_topics_from_one_id() {
 #[tokio::test]
 async fn resume_points_that_cannot_be_honoured_are_signalled() {
     let bus = EventBus::builder().history_events(3).memory();
-    let server = serve(SseLayer::new(bus.clone())).await;
+    let server = serve(SseLayer::new(bus.clone()).public()).await;
     let mut ids = Vec::new();
     for i in 0..10 {
         ids.push(
@@ -210,7 +210,7 @@ fn urlencode(s: &str) -> String {
 #[tokio::test]
 async fn a_fresh_stream_can_resume_from_its_status_id() {
     let bus = EventBus::memory();
-    let server = serve(SseLayer::new(bus.clone())).await;
+    let server = serve(SseLayer::new(bus.clone()).public()).await;
     bus.publish("t", Event::new("before")).await.unwrap();
     let mut client = SseClient::connect(server.addr, "/events/t", None).await;
     let head = client.next_event().await.unwrap();
@@ -227,7 +227,7 @@ async fn a_fresh_stream_can_resume_from_its_status_id() {
 #[tokio::test]
 async fn slow_consumer_is_disconnected_and_others_get_everything() {
     let bus = EventBus::builder().queue_capacity(32).memory();
-    let server = serve(SseLayer::new(bus.clone())).await;
+    let server = serve(SseLayer::new(bus.clone()).public()).await;
     // The slow client sends its request and then does not read.
     let mut slow = SseClient::connect(server.addr, "/events/t", None).await;
     let mut fast = SseClient::connect(server.addr, "/events/t", None).await;
@@ -272,7 +272,7 @@ async fn slow_consumer_is_disconnected_and_others_get_everything() {
 #[tokio::test]
 async fn shutdown_ends_streams_and_refuses_new_ones() {
     let bus = EventBus::memory();
-    let server = serve(SseLayer::new(bus.clone())).await;
+    let server = serve(SseLayer::new(bus.clone()).public()).await;
     let mut client = SseClient::connect(server.addr, "/events/t", None).await;
     client.next_event().await.unwrap();
     bus.publish("t", Event::new("1")).await.unwrap();
@@ -293,7 +293,7 @@ async fn shutdown_ends_streams_and_refuses_new_ones() {
 #[tokio::test]
 async fn other_requests_pass_through_with_the_bus() {
     let bus = EventBus::memory();
-    let server = serve(SseLayer::new(bus).path("/stream/")).await;
+    let server = serve(SseLayer::new(bus).public().path("/stream/")).await;
     for (method, path) in [
         ("GET", "/"),
         ("GET", "/events/t"),
@@ -312,7 +312,7 @@ async fn other_requests_pass_through_with_the_bus() {
 #[tokio::test]
 async fn bad_requests_get_a_400_with_a_reason() {
     let bus = EventBus::builder().max_topics(3).memory();
-    let server = serve(SseLayer::new(bus.clone())).await;
+    let server = serve(SseLayer::new(bus.clone()).public()).await;
     let mut ok = SseClient::connect(server.addr, "/events/t", None).await;
     ok.next_event().await.unwrap();
     for (path, says) in [
@@ -336,7 +336,7 @@ async fn bad_requests_get_a_400_with_a_reason() {
 #[tokio::test]
 async fn stream_limit_answers_503_with_retry_after() {
     let bus = EventBus::memory();
-    let server = serve(SseLayer::new(bus.clone()).max_streams(2)).await;
+    let server = serve(SseLayer::new(bus.clone()).public().max_streams(2)).await;
     let a = SseClient::connect(server.addr, "/events/t", None).await;
     let _b = SseClient::connect(server.addr, "/events/t", None).await;
     let (status, headers, body) = request(server.addr, "GET", "/events/t", "").await;

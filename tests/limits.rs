@@ -22,7 +22,7 @@ use tower_sse::{Event, EventBus, SseLayer};
 #[tokio::test]
 async fn past_the_limit_streams_get_503_and_the_first_ones_keep_working() {
     let bus = EventBus::memory();
-    let server = support::http::serve(SseLayer::new(bus.clone()).max_streams(50)).await;
+    let server = support::http::serve(SseLayer::new(bus.clone()).public().max_streams(50)).await;
     let mut open = Vec::new();
     let mut refused = 0;
     for _ in 0..60 {

@@ -201,8 +201,8 @@ async fn resume_over_http_on_another_instance() {
     let server = redis_or_skip!();
     let a = connect(&server).await;
     let b = connect(&server).await;
-    let http_a = serve(SseLayer::new(a.clone())).await;
-    let http_b = serve(SseLayer::new(b.clone())).await;
+    let http_a = serve(SseLayer::new(a.clone()).public()).await;
+    let http_b = serve(SseLayer::new(b.clone()).public()).await;
 
     let mut client = SseClient::connect(http_a.addr, "/events/orders", None).await;
     assert_eq!(client.status, 200);

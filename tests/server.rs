@@ -228,7 +228,7 @@ async fn serve(
 ) -> (SocketAddr, EventBus, Stop, JoinHandle<()>) {
     let bus = EventBus::memory();
     let service = ServiceBuilder::new()
-        .layer(SseLayer::new(bus.clone()))
+        .layer(SseLayer::new(bus.clone()).public())
         .service_fn(|req: Request<Incoming>| async move {
             if req.uri().path() == "/hang" {
                 std::future::pending::<()>().await;

@@ -3,6 +3,7 @@
 use std::{
     error::Error as StdError,
     fmt,
+    future::{ready, Ready},
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -254,7 +255,20 @@ fn selectors(claim: &str, raw: Vec<String>) -> Result<Vec<Selector>, Denied> {
 }
 
 impl Authorize for JwtPolicy {
-    fn subscribe(&self, request: &Parts, topics: &[Topic]) -> Result<Grant, Denied> {
+    type Subscribe = Ready<Result<Grant, Denied>>;
+    type Publish = Ready<Result<(), Denied>>;
+
+    fn subscribe(&self, request: &Parts, topics: &[Topic]) -> Self::Subscribe {
+        ready(self.check_subscribe(request, topics))
+    }
+
+    fn publish(&self, request: &Parts, topic: &Topic) -> Self::Publish {
+        ready(self.check_publish(request, topic))
+    }
+}
+
+impl JwtPolicy {
+    fn check_subscribe(&self, request: &Parts, topics: &[Topic]) -> Result<Grant, Denied> {
         let claims = self.claims(request)?;
         if let Some(topic) = topics.iter().find(|t| !claims.may_subscribe(t)) {
             return Err(Denied::forbidden(format!(
@@ -267,7 +281,7 @@ impl Authorize for JwtPolicy {
         })
     }
 
-    fn publish(&self, request: &Parts, topic: &Topic) -> Result<(), Denied> {
+    fn check_publish(&self, request: &Parts, topic: &Topic) -> Result<(), Denied> {
         let claims = self.publish_claims(request)?;
         if !claims.may_publish(topic) {
             return Err(Denied::forbidden(format!(
@@ -400,18 +414,20 @@ mod tests {
         assert!(claims.may_publish("a:x") && !claims.may_publish("a:y"));
 
         let topics = [Topic::new("a:1").unwrap(), Topic::new("b").unwrap()];
-        let grant = policy.subscribe(&req, &topics).unwrap();
+        let grant = policy.check_subscribe(&req, &topics).unwrap();
         assert_eq!(grant.expires_at(), claims.expires_at());
         let denied = policy
-            .subscribe(
+            .check_subscribe(
                 &req,
                 &[Topic::new("a:1").unwrap(), Topic::new("c").unwrap()],
             )
             .unwrap_err();
         assert!(denied.is_forbidden() && denied.message().contains("topic c"));
-        assert!(policy.publish(&req, &Topic::new("a:x").unwrap()).is_ok());
         assert!(policy
-            .publish(&req, &Topic::new("a:y").unwrap())
+            .check_publish(&req, &Topic::new("a:x").unwrap())
+            .is_ok());
+        assert!(policy
+            .check_publish(&req, &Topic::new("a:y").unwrap())
             .unwrap_err()
             .is_forbidden());
     }
@@ -452,9 +468,9 @@ mod tests {
         let topic = Topic::new("t").unwrap();
         let cookie = request_with(&claims, "cookie", "sse_token=");
         assert!(policy
-            .subscribe(&cookie, std::slice::from_ref(&topic))
+            .check_subscribe(&cookie, std::slice::from_ref(&topic))
             .is_ok());
-        let denied = policy.publish(&cookie, &topic).unwrap_err();
+        let denied = policy.check_publish(&cookie, &topic).unwrap_err();
         assert!(denied.is_unauthenticated(), "{denied}");
         assert!(
             denied.message().contains("Authorization: Bearer"),
@@ -466,12 +482,12 @@ mod tests {
             .into_parts();
         assert!(policy.claims(&query).is_ok());
         assert!(policy
-            .publish(&query, &topic)
+            .check_publish(&query, &topic)
             .unwrap_err()
             .is_unauthenticated());
-        assert!(policy.publish(&request(&claims), &topic).is_ok());
+        assert!(policy.check_publish(&request(&claims), &topic).is_ok());
         let none = http::Request::post("/p").body(()).unwrap().into_parts().0;
-        let denied = policy.publish(&none, &topic).unwrap_err();
+        let denied = policy.check_publish(&none, &topic).unwrap_err();
         assert!(denied.message().starts_with("no token"), "{denied}");
     }
 

@@ -71,6 +71,18 @@ impl EncodedEvent {
         data
     }
 
+    /// The event's data read as JSON into a `T` (feature `json`): the other end of
+    /// [`Event::json`](crate::Event::json).
+    ///
+    /// # Errors
+    ///
+    /// When the data is not JSON of that shape.
+    #[cfg(feature = "json")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, crate::JsonError> {
+        serde_json::from_str(&self.data()).map_err(crate::JsonError::new)
+    }
+
     /// The value of the `id:` line as written to clients (on a Redis Cluster, for a stream of
     /// several topics, the position of each).
     pub(crate) fn id_line(&self) -> Option<&str> {

@@ -172,6 +172,15 @@ impl EventBus {
         Ok(subscription)
     }
 
+    /// Checks a topic list as [`subscribe`](Self::subscribe) would, without subscribing.
+    pub(crate) fn check_topics<I>(&self, topics: I) -> Result<(), BusError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        self.topic_list(topics).map(drop)
+    }
+
     /// Validates, sorts and de-duplicates a topic list against the configured maximum.
     fn topic_list<I>(&self, topics: I) -> Result<Vec<Topic>, BusError>
     where

@@ -22,7 +22,7 @@
 //! # async fn main() -> std::io::Result<()> {
 //! let bus = EventBus::memory();
 //! let service = ServiceBuilder::new()
-//!     .layer(SseLayer::new(bus.clone()))
+//!     .layer(SseLayer::new(bus.clone()).public())
 //!     .service_fn(|_req: Request<hyper::body::Incoming>| async {
 //!         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("hello\n"))))
 //!     });
