@@ -23,7 +23,7 @@ mod validity;
 ///
 /// To subscribe, the token comes in an `Authorization: Bearer TOKEN` header, an `access_token`
 /// query parameter (for `EventSource`, which cannot set headers) or a cookie named `sse_token`
-/// (see [`bearer_token`](super::bearer_token)). To publish, it comes in the `Authorization`
+/// (see [`bearer_token`](crate::auth::bearer_token)). To publish, it comes in the `Authorization`
 /// header only: a publish whose token is only in a cookie or the query is refused with `401`,
 /// as a cross-site form could otherwise publish with a visitor's cookie (see [`Authorize`]).
 ///
@@ -163,7 +163,7 @@ impl JwtPolicy {
     }
 
     /// Verifies the request's token, from any of the places a subscriber may send it (see
-    /// [`bearer_token`](super::bearer_token)), and returns its claims.
+    /// [`bearer_token`](crate::auth::bearer_token)), and returns its claims.
     ///
     /// # Errors
     ///
