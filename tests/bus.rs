@@ -127,3 +127,30 @@ async fn topic_lists_are_validated() {
     assert!(err.is_invalid_topic() && err.is_client_error(), "{err}");
     assert_eq!(err.status_code(), 400);
 }
+
+#[tokio::test]
+async fn every_event_says_its_topic_live_and_replayed() {
+    let bus = EventBus::memory();
+    let mut sub = bus.subscribe(["a", "b"], None).await.unwrap();
+    let first = bus.publish("b", Event::new("1")).await.unwrap().id();
+    bus.publish("a", Event::new("2")).await.unwrap();
+    bus.publish("b", Event::new("3")).await.unwrap();
+    let topic_of = |m: Message| match m {
+        Message::Event(e) => format!("{}={}", e.topic(), e.data()),
+        other => panic!("{other:?}"),
+    };
+    let mut live = Vec::new();
+    for _ in 0..3 {
+        live.push(topic_of(next(&mut sub).await));
+    }
+    assert_eq!(live, ["b=1", "a=2", "b=3"]);
+    let mut resumed = bus
+        .subscribe(["a", "b"], Some(&first.to_string()))
+        .await
+        .unwrap();
+    let mut replayed = Vec::new();
+    for _ in 0..2 {
+        replayed.push(topic_of(next(&mut resumed).await));
+    }
+    assert_eq!(replayed, ["a=2", "b=3"]);
+}

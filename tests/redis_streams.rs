@@ -184,6 +184,26 @@ async fn resume_several_topics_on_another_instance() {
     )
     .await;
     expect_events(&mut resumed, &missed).await;
+    // Replayed from Redis, each event still says its topic.
+    let mut again = resume(
+        &b,
+        &["news", "orders"],
+        &last,
+        ResumeStatus::Resumed { replayed: 4 },
+    )
+    .await;
+    for (_, data) in &missed {
+        let event = next_event(&mut again).await;
+        let topic = if data.starts_with('n') {
+            "news"
+        } else {
+            "orders"
+        };
+        assert_eq!(
+            (event.topic().as_str(), event.data()),
+            (topic, data.clone())
+        );
+    }
 
     // From the middle of the missed events.
     let mut again = resume(

@@ -4,6 +4,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
+use super::Topic;
 use crate::last_event_id::EventId;
 
 /// An event as delivered to subscribers: its id and its complete encoded frame, shared by
@@ -30,17 +31,28 @@ use crate::last_event_id::EventId;
 #[derive(Clone, PartialEq, Eq)]
 pub struct EncodedEvent {
     id: EventId,
+    topic: Topic,
     frame: Bytes,
 }
 
 impl EncodedEvent {
-    pub(crate) fn new(id: EventId, frame: Bytes) -> Self {
-        Self { id, frame }
+    pub(crate) fn new(id: EventId, topic: Topic, frame: Bytes) -> Self {
+        Self { id, topic, frame }
+    }
+
+    /// The same event with its frame replaced.
+    pub(crate) fn with_frame(self, frame: Bytes) -> Self {
+        Self { frame, ..self }
     }
 
     /// The event's id.
     pub fn id(&self) -> EventId {
         self.id
+    }
+
+    /// The topic it was published to.
+    pub fn topic(&self) -> &Topic {
+        &self.topic
     }
 
     /// The `text/event-stream` frame, ending with the blank line that dispatches it.
@@ -103,6 +115,7 @@ impl fmt::Debug for EncodedEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EncodedEvent")
             .field("id", &self.id)
+            .field("topic", &self.topic)
             .field("len", &self.frame.len())
             .finish()
     }
@@ -115,14 +128,19 @@ mod tests {
     #[test]
     fn decodes_the_frame() {
         let frame = b": note\nevent: order\ndata: a\ndata:b\ndata: \nid: 00000001-7\n\n";
-        let event = EncodedEvent::new(EventId::new(1, 7), Bytes::from_static(frame));
+        let t = || Topic::new("t").unwrap();
+        let event = EncodedEvent::new(EventId::new(1, 7), t(), Bytes::from_static(frame));
         assert_eq!(event.event_type(), Some("order"));
         assert_eq!(event.data(), "a\nb\n");
         assert_eq!(event.id_line(), Some("00000001-7"));
-        let plain = EncodedEvent::new(EventId::new(1, 8), Bytes::from_static(b"data: x\n\n"));
+        let plain = EncodedEvent::new(EventId::new(1, 8), t(), Bytes::from_static(b"data: x\n\n"));
         assert_eq!((plain.event_type(), plain.data()), (None, "x".into()));
         // A data line that looks like a field stays data.
-        let tricky = EncodedEvent::new(EventId::new(1, 9), Bytes::from_static(b"data: id: 5\n\n"));
+        let tricky = EncodedEvent::new(
+            EventId::new(1, 9),
+            t(),
+            Bytes::from_static(b"data: id: 5\n\n"),
+        );
         assert_eq!((tricky.data(), tricky.id_line()), ("id: 5".into(), None));
     }
 }

@@ -36,7 +36,7 @@ use super::{
     queue::{lock, End, Item, Push, Queue, QueueLimits},
     subscription::Subscription,
     wheel::Wheel,
-    GapReason, ResetReason, ResumeStatus, Topic,
+    EncodedEvent, GapReason, ResetReason, ResumeStatus, Topic,
 };
 use crate::{
     error::{BusError, BusErrorKind, InvalidEventId},
@@ -236,7 +236,8 @@ impl Hub {
             now,
             shed: self.shared.held.is_over(),
         };
-        let item = Item::Event(EventId::new(state.epoch, seq), frame.clone());
+        let id = EventId::new(state.epoch, seq);
+        let item = Item::Event(EncodedEvent::new(id, topic.clone(), frame.clone()));
         let backlogged = &mut state.backlogged;
         entry
             .subscribers
@@ -586,7 +587,7 @@ fn tell(t: &TopicState, told: &mut HashSet<u64>, reason: GapReason, now: Instant
 }
 
 /// Per topic, the stored events after the resume point (each part in sequence order).
-type Replay = Vec<Vec<(u64, Bytes)>>;
+type Replay = Vec<(Topic, Vec<(u64, Bytes)>)>;
 
 /// How a subscription of `topics` from `cursor` starts, and what it replays.
 fn plan_resume(
@@ -616,15 +617,13 @@ fn plan_resume(
     }
     let replay: Replay = topics
         .iter()
-        .filter_map(|topic| state.topics.get(topic))
-        .map(|t| {
-            t.history
-                .after(after)
-                .map(|s| (s.seq, s.frame.clone()))
-                .collect()
+        .filter_map(|topic| Some((topic, state.topics.get(topic)?)))
+        .map(|(topic, t)| {
+            let events = t.history.after(after).map(|s| (s.seq, s.frame.clone()));
+            (topic.clone(), events.collect())
         })
         .collect();
-    let replayed = replay.iter().map(Vec::len).sum();
+    let replayed = replay.iter().map(|(_, events)| events.len()).sum();
     (ResumeStatus::Resumed { replayed }, replay)
 }
 
@@ -646,18 +645,21 @@ fn known_positions(state: &State, topics: &[Topic]) -> Vec<u64> {
 
 /// The replay's parts merged into one queue in sequence order.
 fn merge(parts: Replay, epoch: u32) -> VecDeque<Item> {
-    let all: Vec<(u64, Bytes)> = match parts.len() {
-        0 => return VecDeque::new(),
-        1 => parts.into_iter().next().unwrap_or_default(),
-        _ => {
-            let mut all: Vec<_> = parts.into_iter().flatten().collect();
-            all.sort_unstable_by_key(|(seq, _)| *seq);
-            all
-        }
-    };
-    all.into_iter()
-        .map(|(seq, frame)| Item::Event(EventId::new(epoch, seq), frame))
-        .collect()
+    let mut all: Vec<Item> = Vec::with_capacity(parts.iter().map(|(_, e)| e.len()).sum());
+    let several = parts.len() > 1;
+    for (topic, events) in parts {
+        all.extend(events.into_iter().map(|(seq, frame)| {
+            let id = EventId::new(epoch, seq);
+            Item::Event(EncodedEvent::new(id, topic.clone(), frame))
+        }));
+    }
+    if several {
+        all.sort_unstable_by_key(|item| match item {
+            Item::Event(event) => event.id().sequence(),
+            Item::Gap(_) => 0,
+        });
+    }
+    all.into()
 }
 
 /// What [`Hub::resume_or_register`] did.

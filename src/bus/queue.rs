@@ -14,17 +14,15 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::GapReason;
-use crate::last_event_id::EventId;
+use super::{EncodedEvent, GapReason};
 
 /// One thing queued for a subscription.
 #[derive(Debug, Clone)]
 pub(crate) enum Item {
-    /// An encoded event with its id.
-    Event(EventId, Bytes),
+    /// An encoded event with its id and topic.
+    Event(EncodedEvent),
     /// Events may have been lost here.
     Gap(GapReason),
 }
@@ -33,7 +31,7 @@ impl Item {
     /// The bytes the item holds.
     pub(crate) fn len(&self) -> usize {
         match self {
-            Item::Event(_, frame) => frame.len(),
+            Item::Event(event) => event.frame().len(),
             Item::Gap(_) => 0,
         }
     }
@@ -283,6 +281,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::last_event_id::EventId;
     use std::task::Waker;
 
     const LIMITS: QueueLimits = QueueLimits {
@@ -292,7 +291,9 @@ mod tests {
     };
 
     fn event(seq: u64, len: usize) -> Item {
-        Item::Event(EventId::new(0, seq), Bytes::from(vec![b'x'; len]))
+        let topic = crate::bus::Topic::new("t").unwrap();
+        let frame = bytes::Bytes::from(vec![b'x'; len]);
+        Item::Event(EncodedEvent::new(EventId::new(0, seq), topic, frame))
     }
 
     fn at(now: Instant) -> Push {

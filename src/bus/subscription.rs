@@ -270,9 +270,9 @@ impl Part {
 
     fn message(&mut self, item: Item) -> Message {
         match item {
-            Item::Event(id, frame) => {
-                self.last_id = id;
-                Message::Event(EncodedEvent::new(id, frame))
+            Item::Event(event) => {
+                self.last_id = event.id();
+                Message::Event(event)
             }
             Item::Gap(reason) => Message::Gap(reason),
         }
@@ -331,7 +331,7 @@ impl PerTopic {
                     self.next = (i + 1) % n;
                     self.ids[i] = event.id();
                     let frame = with_cursor(event.frame(), &self.ids);
-                    return Poll::Ready(Some(Message::Event(EncodedEvent::new(event.id(), frame))));
+                    return Poll::Ready(Some(Message::Event(event.with_frame(frame))));
                 }
                 Poll::Ready(Some(end @ (Message::Lagged | Message::Stalled | Message::Closed))) => {
                     self.done = true;

@@ -31,7 +31,6 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::{
@@ -41,7 +40,7 @@ use super::{
 use crate::{
     bus::{
         queue::{lock, Item},
-        Topic,
+        EncodedEvent, Topic,
     },
     error::{BusError, BusErrorKind},
     last_event_id::EventId,
@@ -137,11 +136,11 @@ impl Replay {
         // Every flight is joined (or started) before waiting on any, so they run side by side.
         let waits: Vec<_> = topics
             .iter()
-            .map(|(topic, until)| (self.join(pages, topic, after, *until), *until))
+            .map(|(topic, until)| (self.join(pages, topic, after, *until), topic, *until))
             .collect();
         let mut events = Vec::new();
         let mut complete = true;
-        for (mut wait, until) in waits {
+        for (mut wait, topic, until) in waits {
             let outcome = match wait.wait_for(Option::is_some).await {
                 Ok(outcome) => outcome.clone().expect("waited for it"),
                 Err(_) => Err(Failure::Unavailable("reading history was cut short".into())),
@@ -156,20 +155,15 @@ impl Replay {
                 until,
                 epoch,
             };
-            complete &= range.collect(&read, self.inner.numbering, &mut events);
+            complete &= range.collect(topic, &read, self.inner.numbering, &mut events);
         }
         if !complete {
             return Ok(None);
         }
         if topics.len() > 1 {
-            events.sort_unstable_by_key(|(seq, _)| *seq);
+            events.sort_unstable_by_key(|event| event.id().sequence());
         }
-        Ok(Some(
-            events
-                .into_iter()
-                .map(|(seq, frame)| Item::Event(EventId::new(epoch, seq), frame))
-                .collect(),
-        ))
+        Ok(Some(events.into_iter().map(Item::Event).collect()))
     }
 
     /// Joins a flight of `topic` that covers `(after, until]`, or starts one.
@@ -345,9 +339,10 @@ impl Range {
     /// its state, or one this instance has not caught up with): they count as absent.
     fn collect(
         &self,
+        topic: &Topic,
         read: &TopicRead,
         numbering: Numbering,
-        events: &mut Vec<(u64, Bytes)>,
+        events: &mut Vec<EncodedEvent>,
     ) -> bool {
         if !read.exists {
             return read.horizon <= self.after;
@@ -361,7 +356,8 @@ impl Range {
             if entry.prev.seq > last {
                 return false;
             }
-            events.push((entry.seq, entry.frame.clone()));
+            let id = EventId::new(self.epoch, entry.seq);
+            events.push(EncodedEvent::new(id, topic.clone(), entry.frame.clone()));
             last = entry.seq;
         }
         let linked = match read.next {
@@ -394,7 +390,7 @@ mod tests {
                 seq: prev,
                 exact: true,
             },
-            frame: Bytes::new(),
+            frame: bytes::Bytes::new(),
             meta: Default::default(),
         }
     }
@@ -415,9 +411,10 @@ mod tests {
             epoch: 1,
         };
         let mut events = Vec::new();
+        let topic = Topic::new("t").unwrap();
         range
-            .collect(read, numbering, &mut events)
-            .then(|| events.iter().map(|(seq, _)| *seq).collect())
+            .collect(&topic, read, numbering, &mut events)
+            .then(|| events.iter().map(|e| e.id().sequence()).collect())
     }
 
     #[test]
