@@ -1,4 +1,4 @@
-//! The demo page (`examples/demo.html`) in headless Chromium, against real demo processes:
+//! The demo page (`examples/demo/page.html`) in headless Chromium, against real demo processes:
 //! subscribe, publish from the page and from outside, refused streams and why, an outage and a
 //! resume after a restart, and the layout from 390 px to wide screens.
 //!

@@ -1,4 +1,4 @@
-//! Demo server processes (`examples/demo.rs`), started on free ports and killed on drop.
+//! Demo server processes (`examples/demo/`), started on free ports and killed on drop.
 
 use super::redis::free_port;
 use std::{

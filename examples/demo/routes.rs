@@ -1,0 +1,81 @@
+//! The demo's own routes (the layer answers `/events...`): the page, health, metrics, and
+//! publishing.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use metrics_exporter_prometheus::PrometheusHandle;
+use percent_encoding::percent_decode_str;
+use tower_sse::{EventBus, JwtPolicy};
+
+use crate::publish::publish;
+
+const PAGE: &str = include_str!("page.html");
+
+/// What the handlers share.
+#[derive(Clone)]
+pub(crate) struct App {
+    pub(crate) max_event_bytes: usize,
+    /// Who may publish where (with `--jwt-secret`).
+    pub(crate) policy: Option<JwtPolicy>,
+    pub(crate) metrics: PrometheusHandle,
+}
+
+pub(crate) async fn handle(
+    req: Request<Incoming>,
+    app: App,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    // The layer put the bus into the request's extensions.
+    let bus = req
+        .extensions()
+        .get::<EventBus>()
+        .expect("SseLayer inserts the bus")
+        .clone();
+    let path = req.uri().path().to_owned();
+    Ok(match (req.method(), path.as_str()) {
+        (&Method::GET, "/") => {
+            let mut r = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            r
+        }
+        (&Method::GET, "/healthz") => {
+            let health = bus.health();
+            match health.problem() {
+                None => text(StatusCode::OK, "ok"),
+                Some(problem) => text(StatusCode::SERVICE_UNAVAILABLE, problem),
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            tower_sse::metrics::record_stats(&bus);
+            app.metrics.run_upkeep();
+            let mut r = Response::new(Full::new(Bytes::from(app.metrics.render())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (&Method::POST, p) if p.starts_with("/publish/") => {
+            let topic = percent_decode_str(&p["/publish/".len()..]).decode_utf8_lossy();
+            publish(&bus, &topic, req, &app).await
+        }
+        (_, "/publish") => text(StatusCode::NOT_FOUND, "publish with POST /publish/{topic}"),
+        _ => text(StatusCode::NOT_FOUND, "not found"),
+    })
+}
+
+pub(crate) fn text(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(format!("{message}\n"))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
