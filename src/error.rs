@@ -56,6 +56,11 @@ impl BusError {
         )
     }
 
+    /// A subscription named no topic at all.
+    pub(crate) fn is_no_topics(&self) -> bool {
+        matches!(self.kind, BusErrorKind::NoTopics)
+    }
+
     /// The encoded event is larger than the bus's maximum event size.
     pub fn is_too_large(&self) -> bool {
         matches!(self.kind, BusErrorKind::TooLarge { .. })

@@ -126,19 +126,46 @@ impl Cursor {
         }
     }
 
-    /// Parses a cursor of `n` positions, one per topic (see [`Cursor`]); `None` unless `raw`
-    /// holds exactly `n` valid ids.
+    /// Its positions: one, or one per topic.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn parse_per_topic(raw: &str, n: usize) -> Option<Vec<EventId>> {
-        if raw.len() > n.saturating_mul(MAX_ID_LEN + 1) {
-            return None;
+    pub(crate) fn positions(&self) -> &[EventId] {
+        match &self.0 {
+            Position::One(id) => std::slice::from_ref(id),
+            Position::PerTopic(ids) => ids,
         }
-        let ids = raw
-            .split(',')
-            .map(|part| part.parse().ok())
-            .collect::<Option<Vec<EventId>>>()?;
-        (ids.len() == n).then_some(ids)
     }
+}
+
+/// The most positions a cursor may hold: far more than the topics of one stream.
+const MAX_POSITIONS: usize = 1024;
+
+impl FromStr for Cursor {
+    type Err = InvalidEventId;
+
+    /// One id, or one per topic separated by commas.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if !s.contains(',') {
+            return s.parse::<EventId>().map(Self::from);
+        }
+        if s.len() > MAX_POSITIONS * (MAX_ID_LEN + 1) {
+            return Err(InvalidEventId::new());
+        }
+        let ids = s
+            .split(',')
+            .map(str::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self(Position::PerTopic(ids.into())))
+    }
+}
+
+/// A resume point as a client sent it, parsed once at the edge: none, a cursor, or something no
+/// bus issues.
+pub(crate) type ResumeFrom = Option<Result<Cursor, InvalidEventId>>;
+
+/// A resume point that must be one id (a bus numbering all its topics together): a cursor of one
+/// position per topic is not one it issues.
+pub(crate) fn one_position(resume: ResumeFrom) -> Option<Result<EventId, InvalidEventId>> {
+    resume.map(|r| r.and_then(|cursor| cursor.event_id().ok_or_else(InvalidEventId::new)))
 }
 
 /// Writes a cursor of one position per topic, as it goes on the wire, without building one.
@@ -216,21 +243,23 @@ mod tests {
         let cursor = Cursor::per_topic(&ids);
         assert_eq!(cursor.to_string(), "00000001-2,000000ab-0");
         assert_eq!(cursor.event_id(), None);
-        assert_eq!(
-            Cursor::parse_per_topic("00000001-2,000000ab-0", 2).as_deref(),
-            Some(&ids[..])
-        );
-        for (bad, n) in [
-            ("00000001-2,000000ab-0", 1),
-            ("00000001-2,000000ab-0", 3),
-            ("00000001-2,", 2),
-            ("00000001-2,,000000ab-0", 2),
-            ("00000001-2;000000ab-0", 2),
-            ("", 1),
+        let parsed: Cursor = "00000001-2,000000ab-0".parse().unwrap();
+        assert_eq!(parsed.positions(), &ids[..]);
+        assert_eq!(parsed, cursor);
+        let one: Cursor = "00000001-2".parse().unwrap();
+        assert_eq!(one.positions(), &ids[..1]);
+        for bad in [
+            "00000001-2,",
+            "00000001-2,,000000ab-0",
+            "00000001-2;000000ab-0",
+            "",
         ] {
-            assert_eq!(Cursor::parse_per_topic(bad, n), None, "{bad:?}");
+            assert!(bad.parse::<Cursor>().is_err(), "{bad:?}");
         }
-        let long = vec!["00000001-2"; 1_000].join(",");
-        assert_eq!(Cursor::parse_per_topic(&long, 2), None);
+        let long = vec!["00000001-2"; 10_000].join(",");
+        assert!(long.parse::<Cursor>().is_err());
+        // A bus numbering all topics together takes one position only.
+        assert_eq!(one_position(Some(Ok(one))), Some(Ok(ids[0])));
+        assert!(matches!(one_position(Some(Ok(parsed))), Some(Err(_))));
     }
 }

@@ -5,9 +5,11 @@ use std::{future::Future, pin::Pin, sync::Arc, time::SystemTime};
 use http::{header::HeaderName, request::Parts, Method, Request, Response, StatusCode};
 
 use crate::{
-    auth::{BoxAnswer, Denied, Grant, Policy},
+    auth::{Denied, Policy},
     bus::{EventBus, Subscription, Topic},
+    error::{BusError, BusErrorKind},
     handler::StreamError,
+    last_event_id::{Cursor, ResumeFrom},
     limit::{StreamLimit, StreamPermit},
     query::{percent_decode, query_pairs},
     stream::{text_response, EventStream, StreamConfig},
@@ -42,11 +44,12 @@ pub(crate) enum Access {
     Policy(Policy),
 }
 
-/// A request for an event stream, parsed but not yet validated against the topic rule.
+/// A request for an event stream, parsed once: its topics (sorted, unique, within the bus's
+/// limits) or why they are refused, and its resume point.
 #[derive(Debug)]
 pub(crate) struct StreamRequest {
-    topics: Vec<String>,
-    resume: Option<String>,
+    topics: Result<Vec<Topic>, BusError>,
+    resume: ResumeFrom,
 }
 
 impl Route {
@@ -92,7 +95,12 @@ impl Route {
                 topics.push(value.into_owned());
             }
         }
-        let resume = last_event_id(&parts.headers, &parts.uri);
+        let resume = last_event_id(&parts.headers, &parts.uri).map(|raw| raw.parse::<Cursor>());
+        let topics = match topics.is_empty() {
+            // The route's own words for a request that names nothing.
+            true => Err(BusError::new(BusErrorKind::NoTopics)),
+            false => self.bus.topic_list(&topics),
+        };
         StreamRequest { topics, resume }
     }
 
@@ -125,7 +133,11 @@ impl Route {
         let answer = match &self.access {
             Access::Closed => return Box::pin(std::future::ready(closed())),
             Access::Public => None,
-            Access::Policy(policy) => ask(policy, parts, &request.topics),
+            Access::Policy(policy) => match &request.topics {
+                Ok(topics) => Some(policy.subscribe(parts, topics)),
+                // The bus's refusal (400) comes first.
+                Err(_) => None,
+            },
         };
         let head = parts.method == Method::HEAD;
         let route = self.clone();
@@ -137,34 +149,35 @@ impl Route {
                 },
                 None => None,
             };
-            if request.topics.is_empty() {
-                return text_response(
-                    StatusCode::BAD_REQUEST,
-                    "no topic given: use /events/{topic} or ?topic=A&topic=B",
-                );
-            }
+            let topics = match request.topics {
+                Ok(topics) => topics,
+                Err(e) if e.is_no_topics() => {
+                    return text_response(
+                        StatusCode::BAD_REQUEST,
+                        "no topic given: use /events/{topic} or ?topic=A&topic=B",
+                    )
+                }
+                Err(e) => return EventStream::error_response(&e),
+            };
             if head {
-                return match route.bus.check_topics(&request.topics) {
-                    Ok(()) => EventStream::head_response(),
-                    Err(e) => EventStream::error_response(&e),
-                };
+                return EventStream::head_response();
             }
-            route.subscribe(request, expires).await
+            route.subscribe(topics, request.resume, expires).await
         })
     }
 
     /// Subscribes under the stream limit and builds the stream, ending at `expires`.
     async fn subscribe(
         &self,
-        request: StreamRequest,
+        topics: Vec<Topic>,
+        resume: ResumeFrom,
         expires: Option<SystemTime>,
     ) -> Response<EventStream> {
         let permit = match self.slot() {
             Ok(permit) => permit,
             Err(e) => return e.into_response(),
         };
-        let resume = request.resume.as_deref();
-        match self.bus.subscribe(&request.topics, resume).await {
+        match self.bus.subscribe_parsed(topics, resume).await {
             Ok(subscription) => {
                 let stream = self.open(subscription, permit);
                 match expires {
@@ -176,17 +189,6 @@ impl Route {
             Err(e) => EventStream::error_response(&e),
         }
     }
-}
-
-/// The policy's answer to a stream request; `None` when a topic breaks the rule (the bus
-/// refuses those with `400`).
-fn ask(policy: &Policy, parts: &Parts, names: &[String]) -> Option<BoxAnswer<Grant>> {
-    let topics = names
-        .iter()
-        .map(|t| Topic::new(t))
-        .collect::<Result<Vec<_>, _>>()
-        .ok()?;
-    (!topics.is_empty()).then(|| policy.subscribe(parts, &topics))
 }
 
 /// The answer to a stream request the policy refused.

@@ -5,12 +5,17 @@ use std::fs;
 
 fn examples() -> Vec<(String, Vec<String>)> {
     let mut files = Vec::new();
-    for entry in fs::read_dir("examples").unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "rs") {
-            let text = fs::read_to_string(&path).unwrap();
-            let lines = text.lines().map(|l| l.trim_end().to_owned()).collect();
-            files.push((path.display().to_string(), lines));
+    let mut dirs = vec![std::path::PathBuf::from("examples")];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = fs::read_to_string(&path).unwrap();
+                let lines = text.lines().map(|l| l.trim_end().to_owned()).collect();
+                files.push((path.display().to_string(), lines));
+            }
         }
     }
     files

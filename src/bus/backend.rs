@@ -2,16 +2,13 @@
 
 use std::{fmt, future::Future, pin::Pin};
 
-use super::{
-    hub::{Hub, HubStats},
-    Health, Published, Subscription, Topic,
-};
-use crate::{error::BusError, event::Event};
+use super::{hub::HubStats, Health, Published, Subscription, Topic};
+use crate::{error::BusError, event::Event, last_event_id::ResumeFrom};
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// What a backend provides. Every backend delivers to local subscribers through its [`Hub`];
-/// the backends differ in how events get from a publisher to the hubs of all instances.
+/// What a backend provides. Every backend delivers to local subscribers through its hub (or
+/// hubs); the backends differ in how events get from a publisher to the hubs of all instances.
 pub(crate) trait Backend: fmt::Debug + Send + Sync + 'static {
     /// Assigns the event its id, encodes it once and carries it to every instance.
     fn publish(&self, topic: Topic, event: Event) -> BoxFuture<'_, Result<Published, BusError>>;
@@ -21,20 +18,16 @@ pub(crate) trait Backend: fmt::Debug + Send + Sync + 'static {
     fn subscribe(
         &self,
         topics: Vec<Topic>,
-        resume: Option<String>,
+        resume: ResumeFrom,
     ) -> BoxFuture<'_, Result<Subscription, BusError>>;
 
     /// Whether the backend's connections are up.
     fn health(&self) -> Health;
 
-    /// Releases the backend's connections and tasks; the hub was already closed.
-    fn shutdown(&self) {}
-
-    /// The local fan-out.
-    fn hub(&self) -> &Hub;
+    /// Refuses new subscriptions, ends open ones, and releases the backend's connections and
+    /// tasks.
+    fn shutdown(&self);
 
     /// Counts of the local fan-out's state.
-    fn stats(&self) -> HubStats {
-        self.hub().stats()
-    }
+    fn stats(&self) -> HubStats;
 }

@@ -314,9 +314,8 @@ impl Hub {
     pub(crate) fn subscribe(
         &self,
         topics: Vec<Topic>,
-        resume: Option<&str>,
+        cursor: Option<Result<EventId, InvalidEventId>>,
     ) -> Result<Subscription, BusError> {
-        let cursor = resume.map(|raw| raw.parse::<EventId>());
         match self.subscribe_inner(topics, cursor, false)? {
             Resume::Done(subscription) => Ok(subscription),
             Resume::Pending(_) => unreachable!("only deferred resumes are left pending"),
@@ -831,20 +830,18 @@ mod tests {
         // 90 bytes > 64: the oldest (of topic a) went.
         let stats = hub.stats();
         assert_eq!((stats.history_events, stats.history_bytes), (2, 60));
-        let resumed = hub
-            .subscribe(vec![topic("a")], Some(&first.to_string()))
-            .unwrap();
+        let resumed = hub.subscribe(vec![topic("a")], Some(Ok(first))).unwrap();
         assert_eq!(resumed.status(), ResumeStatus::Resumed { replayed: 0 });
-        let before_first = EventId::new(1, 0).to_string();
+        let before_first = EventId::new(1, 0);
         let expired = hub
-            .subscribe(vec![topic("a")], Some(&before_first))
+            .subscribe(vec![topic("a")], Some(Ok(before_first)))
             .unwrap();
         assert_eq!(
             expired.status(),
             ResumeStatus::Reset(ResetReason::HistoryExpired)
         );
         let kept = hub
-            .subscribe(vec![topic("b"), topic("c")], Some(&first.to_string()))
+            .subscribe(vec![topic("b"), topic("c")], Some(Ok(first)))
             .unwrap();
         assert_eq!(kept.status(), ResumeStatus::Resumed { replayed: 2 });
         assert_eq!(kept.last_event_id().event_id(), Some(first));

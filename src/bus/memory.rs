@@ -2,12 +2,13 @@
 
 use super::{
     backend::{Backend, BoxFuture},
-    hub::{Hub, Limits},
+    hub::{Hub, HubStats, Limits},
     random_u32, Health, Published, Subscription, Topic,
 };
 use crate::{
     error::BusError,
     event::{finish_frame, Event},
+    last_event_id::{one_position, ResumeFrom},
 };
 
 /// Fan-out within one process, with bounded history for resume. A new process starts a new
@@ -43,9 +44,9 @@ impl Backend for Memory {
     fn subscribe(
         &self,
         topics: Vec<Topic>,
-        resume: Option<String>,
+        resume: ResumeFrom,
     ) -> BoxFuture<'_, Result<Subscription, BusError>> {
-        let result = self.hub.subscribe(topics, resume.as_deref());
+        let result = self.hub.subscribe(topics, one_position(resume));
         Box::pin(std::future::ready(result))
     }
 
@@ -53,7 +54,11 @@ impl Backend for Memory {
         Health::healthy()
     }
 
-    fn hub(&self) -> &Hub {
-        &self.hub
+    fn shutdown(&self) {
+        self.hub.close();
+    }
+
+    fn stats(&self) -> HubStats {
+        self.hub.stats()
     }
 }

@@ -15,7 +15,14 @@ mod subscription;
 mod topic;
 mod wheel;
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use tracing::Instrument;
 
@@ -27,7 +34,7 @@ pub use self::{
 use crate::{
     error::{BusError, BusErrorKind},
     event::Event,
-    last_event_id::EventId,
+    last_event_id::{Cursor, EventId, ResumeFrom},
 };
 
 /// A handle to the event bus: publish events to topics and subscribe to them.
@@ -64,6 +71,7 @@ pub struct EventBus {
 
 struct Inner {
     backend: Box<dyn Backend>,
+    closed: AtomicBool,
     max_event_bytes: usize,
     max_topics: usize,
     replay: budget::ReplayBudget,
@@ -85,6 +93,7 @@ impl EventBus {
         Self {
             inner: Arc::new(Inner {
                 backend,
+                closed: AtomicBool::new(false),
                 max_event_bytes: builder.max_event_bytes,
                 max_topics: builder.max_topics,
                 replay: budget::ReplayBudget::new(
@@ -162,7 +171,20 @@ impl EventBus {
         I::Item: AsRef<str>,
     {
         let topics = self.topic_list(topics)?;
-        let resume = resume_from.map(str::to_owned);
+        let resume = resume_from.map(str::parse::<Cursor>);
+        self.subscribe_parsed(topics, resume).await
+    }
+
+    /// [`subscribe`](Self::subscribe) with `topics` from [`topic_list`](Self::topic_list) and
+    /// the resume point parsed.
+    pub(crate) async fn subscribe_parsed(
+        &self,
+        topics: Vec<Topic>,
+        resume: ResumeFrom,
+    ) -> Result<Subscription, BusError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(BusError::new(BusErrorKind::Closed));
+        }
         let mut subscription = self.inner.backend.subscribe(topics, resume).await?;
         let (events, bytes) = subscription.replay_size();
         if events > 0 {
@@ -172,17 +194,8 @@ impl EventBus {
         Ok(subscription)
     }
 
-    /// Checks a topic list as [`subscribe`](Self::subscribe) would, without subscribing.
-    pub(crate) fn check_topics<I>(&self, topics: I) -> Result<(), BusError>
-    where
-        I: IntoIterator,
-        I::Item: AsRef<str>,
-    {
-        self.topic_list(topics).map(drop)
-    }
-
     /// Validates, sorts and de-duplicates a topic list against the configured maximum.
-    fn topic_list<I>(&self, topics: I) -> Result<Vec<Topic>, BusError>
+    pub(crate) fn topic_list<I>(&self, topics: I) -> Result<Vec<Topic>, BusError>
     where
         I: IntoIterator,
         I::Item: AsRef<str>,
@@ -210,7 +223,7 @@ impl EventBus {
 
     /// Whether the backend is connected (always true for the in-process bus).
     pub fn health(&self) -> Health {
-        if self.inner.backend.hub().is_closed() {
+        if self.inner.closed.load(Ordering::Acquire) {
             return Health::unhealthy("shutting down");
         }
         self.inner.backend.health()
@@ -220,7 +233,7 @@ impl EventBus {
     /// [`Message::Closed`], so clients reconnect (behind a load balancer, to another instance).
     /// Publishing keeps working.
     pub fn shutdown(&self) {
-        self.inner.backend.hub().close();
+        self.inner.closed.store(true, Ordering::Release);
         self.inner.backend.shutdown();
     }
 

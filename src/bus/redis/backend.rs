@@ -8,11 +8,12 @@ use super::publish::{Publisher, Route, Target};
 use crate::{
     bus::{
         backend::{Backend, BoxFuture},
-        hub::{Hub, HubStats},
+        hub::HubStats,
         Health, Published, Subscription, Topic,
     },
     error::BusError,
     event::Event,
+    last_event_id::ResumeFrom,
 };
 
 /// A Redis backend: one server's, or a cluster's. See [`Backend`] for what each method owes.
@@ -36,18 +37,14 @@ pub(super) trait RedisBackend: fmt::Debug + Send + Sync + 'static {
     fn subscribe(
         &self,
         topics: Vec<Topic>,
-        resume: Option<String>,
+        resume: ResumeFrom,
     ) -> impl Future<Output = Result<Subscription, BusError>> + Send;
 
     fn health(&self) -> Health;
 
     fn shutdown(&self);
 
-    fn hub(&self) -> &Hub;
-
-    fn stats(&self) -> HubStats {
-        self.hub().stats()
-    }
+    fn stats(&self) -> HubStats;
 }
 
 impl<T: RedisBackend> Backend for T {
@@ -68,7 +65,7 @@ impl<T: RedisBackend> Backend for T {
     fn subscribe(
         &self,
         topics: Vec<Topic>,
-        resume: Option<String>,
+        resume: ResumeFrom,
     ) -> BoxFuture<'_, Result<Subscription, BusError>> {
         Box::pin(RedisBackend::subscribe(self, topics, resume))
     }
@@ -79,10 +76,6 @@ impl<T: RedisBackend> Backend for T {
 
     fn shutdown(&self) {
         RedisBackend::shutdown(self);
-    }
-
-    fn hub(&self) -> &Hub {
-        RedisBackend::hub(self)
     }
 
     fn stats(&self) -> HubStats {

@@ -74,11 +74,12 @@ use super::{
     request::unavailable,
     scripts, RedisConfig, SubscribeMode,
 };
+use crate::last_event_id::ResumeFrom;
 use crate::{
     bus::{
-        hub::{Hub, HubStats, Limits},
+        hub::{HubStats, Limits},
         queue::lock,
-        random_u32, Health, Subscription, Topic,
+        Health, Subscription, Topic,
     },
     error::{BusError, BusErrorKind},
 };
@@ -97,7 +98,6 @@ const MAX_SYNCS: usize = 64;
 pub(super) struct RedisCluster {
     core: Arc<Core>,
     /// Carries the bus's shut-down state; topics have hubs of their own.
-    root: Hub,
     publisher: Publisher,
     replay: Replay,
 }
@@ -156,7 +156,6 @@ impl RedisCluster {
         };
         Ok(Self {
             core,
-            root: Hub::new(random_u32(), false, limits),
             publisher: Publisher::new(script, &config, stores),
             replay: Replay::new(
                 config.replay_budget,
@@ -287,7 +286,7 @@ impl RedisBackend for RedisCluster {
     async fn subscribe(
         &self,
         topics: Vec<Topic>,
-        resume: Option<String>,
+        resume: ResumeFrom,
     ) -> Result<Subscription, BusError> {
         self.subscribe_lanes(topics, resume).await
     }
@@ -302,10 +301,6 @@ impl RedisBackend for RedisCluster {
         for lane in lock(&self.core.lanes).values() {
             lane.hub.close();
         }
-    }
-
-    fn hub(&self) -> &Hub {
-        &self.root
     }
 
     fn stats(&self) -> HubStats {

@@ -1,7 +1,7 @@
 //! Subscribing on a cluster: one subscription per topic's lane, joined, each resumed from its
 //! position in the cursor (Streams: by the [resume protocol](crate::bus::redis::resume)).
 
-use std::sync::Arc;
+use std::sync::{atomic::Ordering, Arc};
 
 use tokio::time::{timeout, Instant};
 
@@ -19,8 +19,8 @@ use crate::{
         },
         Subscription, Topic,
     },
-    error::{BusError, BusErrorKind},
-    last_event_id::{Cursor, EventId},
+    error::{BusError, BusErrorKind, InvalidEventId},
+    last_event_id::{EventId, ResumeFrom},
 };
 
 impl RedisCluster {
@@ -28,9 +28,9 @@ impl RedisCluster {
     pub(super) async fn subscribe_lanes(
         &self,
         topics: Vec<Topic>,
-        resume: Option<String>,
+        resume: ResumeFrom,
     ) -> Result<Subscription, BusError> {
-        if self.root.is_closed() {
+        if self.core.closed.load(Ordering::SeqCst) {
             return Err(BusError::new(BusErrorKind::Closed));
         }
         let lanes: Vec<Arc<Lane>> = topics.iter().map(|t| self.core.want(t)).collect();
@@ -60,11 +60,10 @@ impl RedisCluster {
     async fn subscribe_lane(
         &self,
         lane: &Arc<Lane>,
-        cursor: Option<String>,
+        cursor: Option<Result<EventId, InvalidEventId>>,
     ) -> Result<Subscription, BusError> {
         let topics = vec![lane.topic.clone()];
-        let parsed = cursor.as_deref().map(str::parse::<EventId>);
-        match (self.core.kind, parsed) {
+        match (self.core.kind, cursor) {
             (Kind::Streams, Some(Ok(cursor))) => {
                 let resuming = Resuming {
                     core: &self.core,
@@ -72,21 +71,20 @@ impl RedisCluster {
                 };
                 resume_from_cursor(&resuming, &self.replay, &self.core, &topics, cursor).await
             }
-            _ => lane.hub.subscribe(topics, cursor.as_deref()),
+            (_, cursor) => lane.hub.subscribe(topics, cursor),
         }
     }
 }
 
 /// Each topic's position in `resume`: one id per topic, in the order of the sorted topics.
-fn positions(resume: Option<String>, topics: usize) -> Vec<Option<String>> {
-    match (resume, topics) {
-        (None, _) => vec![None; topics],
-        (Some(raw), 1) => vec![Some(raw)],
-        (Some(raw), n) => match Cursor::parse_per_topic(&raw, n) {
-            Some(ids) => ids.iter().map(|id| Some(id.to_string())).collect(),
-            // Each topic then starts over with a reset saying the id was invalid.
-            None => vec![Some(String::new()); n],
-        },
+fn positions(resume: ResumeFrom, topics: usize) -> Vec<Option<Result<EventId, InvalidEventId>>> {
+    match resume {
+        None => vec![None; topics],
+        Some(Ok(cursor)) if cursor.positions().len() == topics => {
+            cursor.positions().iter().map(|id| Some(Ok(*id))).collect()
+        }
+        // Each topic then starts over with a reset saying the id was invalid.
+        Some(_) => vec![Some(Err(InvalidEventId::new())); topics],
     }
 }
 

@@ -14,6 +14,7 @@ mod supervisor;
 use std::{fmt, future::Future};
 
 use self::connection::{Handle, Shared};
+use crate::{bus::hub::HubStats, last_event_id::ResumeFrom};
 use crate::{
     bus::{
         hub::Hub,
@@ -42,7 +43,7 @@ pub(super) trait Wiring: fmt::Debug + Send + Sync + 'static {
     fn subscribe(
         &self,
         topics: Vec<Topic>,
-        resume: Option<String>,
+        resume: ResumeFrom,
     ) -> impl Future<Output = Result<Subscription, BusError>> + Send;
 }
 
@@ -92,7 +93,7 @@ impl<W: Wiring> RedisBackend for OneServer<W> {
     async fn subscribe(
         &self,
         topics: Vec<Topic>,
-        resume: Option<String>,
+        resume: ResumeFrom,
     ) -> Result<Subscription, BusError> {
         if self.hub.is_closed() {
             return Err(BusError::new(BusErrorKind::Closed));
@@ -111,11 +112,12 @@ impl<W: Wiring> RedisBackend for OneServer<W> {
     }
 
     fn shutdown(&self) {
+        self.hub.close();
         self.conn.close();
     }
 
-    fn hub(&self) -> &Hub {
-        &self.hub
+    fn stats(&self) -> HubStats {
+        self.hub.stats()
     }
 }
 

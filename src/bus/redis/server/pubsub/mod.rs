@@ -9,6 +9,7 @@ use std::{fmt, sync::Arc};
 
 use self::receive::Receive;
 use super::{names::Names, supervisor, OneServer, Wiring};
+use crate::last_event_id::{one_position, ResumeFrom};
 use crate::{
     bus::{
         hub::{Hub, Limits},
@@ -61,9 +62,9 @@ impl Wiring for PubSub {
     async fn subscribe(
         &self,
         topics: Vec<Topic>,
-        resume: Option<String>,
+        resume: ResumeFrom,
     ) -> Result<Subscription, BusError> {
-        self.receive.hub.subscribe(topics, resume.as_deref())
+        self.receive.hub.subscribe(topics, one_position(resume))
     }
 }
 

@@ -83,6 +83,7 @@ use self::{
     resume::Resuming,
 };
 use super::{supervisor, OneServer, Wiring};
+use crate::last_event_id::{one_position, ResumeFrom};
 use crate::{
     bus::{
         hub::{Hub, Limits},
@@ -101,7 +102,6 @@ use crate::{
     },
     error::BusError,
     event::Event,
-    last_event_id::EventId,
 };
 
 /// The wiring: the pipeline that delivers what the connection hears, and the reads from the
@@ -228,9 +228,9 @@ impl Wiring for Streams {
     async fn subscribe(
         &self,
         topics: Vec<Topic>,
-        resume: Option<String>,
+        resume: ResumeFrom,
     ) -> Result<Subscription, BusError> {
-        match resume.as_deref().map(str::parse::<EventId>) {
+        match one_position(resume) {
             Some(Ok(cursor)) => {
                 let resuming = Resuming {
                     backend: self,
@@ -239,7 +239,7 @@ impl Wiring for Streams {
                 resume_from_cursor(&resuming, &self.replay, &self.pages, &topics, cursor).await
             }
             // Fresh, or an id this bus never issues.
-            _ => self.core.hub.subscribe(topics, resume.as_deref()),
+            other => self.core.hub.subscribe(topics, other),
         }
     }
 }
