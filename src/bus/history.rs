@@ -91,6 +91,7 @@ impl TopicHistory {
     }
 
     /// Drops every event (the history is no longer complete or of another epoch).
+    #[cfg(feature = "redis")]
     pub(crate) fn clear(&mut self) -> usize {
         let bytes = self.bytes;
         *self = Self {

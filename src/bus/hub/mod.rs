@@ -22,7 +22,7 @@
 //! subscribers when nothing is published; publishing does the same work on the way.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -36,12 +36,20 @@ use super::{
     queue::{lock, End, Item, Push, Queue, QueueLimits},
     subscription::Subscription,
     wheel::Wheel,
-    EncodedEvent, GapReason, ResetReason, ResumeStatus, Topic,
+    EncodedEvent, ResetReason, ResumeStatus, Topic,
 };
 use crate::{
     error::{BusError, BusErrorKind, InvalidEventId},
     last_event_id::EventId,
 };
+
+#[cfg(feature = "redis")]
+mod broker;
+mod resume;
+
+use self::resume::{known_positions, merge, plan_resume};
+#[cfg_attr(not(feature = "redis"), allow(unused_imports))]
+pub(crate) use self::resume::{Registration, Resume};
 
 /// The floor of a topic whose events this instance does not hear: no resume point is complete.
 pub(crate) const UNKNOWN: u64 = u64::MAX;
@@ -180,28 +188,6 @@ impl Hub {
         id
     }
 
-    /// Delivers an event that was numbered elsewhere and published `age` ago (where delivery
-    /// latency starts). Sequence numbers must arrive in increasing order; a frame whose number
-    /// is not above the topic's last one is dropped as a duplicate.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn deliver(&self, topic: &Topic, seq: u64, frame: Bytes, age: Duration) {
-        let mut state = lock(&self.shared.state);
-        self.deliver_locked(&mut state, topic, seq, frame, age);
-    }
-
-    /// Like [`deliver`](Self::deliver) for an event of history `id.epoch()`: when that is not
-    /// the current history (the broker lost its state and numbering started over), a new epoch
-    /// starts first, under the same lock.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn deliver_in_epoch(&self, topic: &Topic, id: EventId, frame: Bytes, age: Duration) {
-        let mut state = lock(&self.shared.state);
-        if state.epoch != id.epoch() {
-            let last_seq = id.sequence().saturating_sub(1);
-            new_epoch_locked(&mut state, id.epoch(), last_seq, Instant::now());
-        }
-        self.deliver_locked(&mut state, topic, id.sequence(), frame, age);
-    }
-
     fn deliver_locked(
         &self,
         state: &mut State,
@@ -322,20 +308,6 @@ impl Hub {
         }
     }
 
-    /// Like [`subscribe`](Self::subscribe) from `cursor`, for a backend that can read history
-    /// elsewhere: when the local history cannot answer (the answer would be a
-    /// [`HistoryExpired`](ResetReason::HistoryExpired) or [`UnknownId`](ResetReason::UnknownId)
-    /// reset), the subscriber is registered without replay and returned as a [`Registration`],
-    /// for the caller to finish with the replay it found.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn resume_or_register(
-        &self,
-        topics: Vec<Topic>,
-        cursor: EventId,
-    ) -> Result<Resume, BusError> {
-        self.subscribe_inner(topics, Some(Ok(cursor)), true)
-    }
-
     fn subscribe_inner(
         &self,
         topics: Vec<Topic>,
@@ -431,86 +403,6 @@ impl Hub {
         }
     }
 
-    /// Records that every event numbered up to `seq` that this instance will deliver has been
-    /// delivered: a subscriber registered from now on is owed only later events.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn advance(&self, seq: u64) {
-        let mut state = lock(&self.shared.state);
-        state.last_seq = state.last_seq.max(seq);
-    }
-
-    /// Records that from now on this instance hears every event of `topic` numbered above
-    /// `since` (it subscribed to the topic upstream). Does nothing if it was already listening.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn listening(&self, topic: &Topic, since: u64) {
-        let mut state = lock(&self.shared.state);
-        state.last_seq = state.last_seq.max(since);
-        let t = state
-            .topics
-            .entry(topic.clone())
-            .or_insert_with(|| TopicState::new(since));
-        if t.floor == UNKNOWN {
-            t.floor = since;
-        }
-    }
-
-    /// Records that this instance stopped hearing `topic`: its history can no longer be trusted
-    /// to be complete.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn not_listening(&self, topic: &Topic) {
-        let mut state = lock(&self.shared.state);
-        if let Some(t) = state.topics.get_mut(topic) {
-            t.floor = UNKNOWN;
-            let freed = t.history.clear();
-            let empty = t.subscribers.is_empty();
-            state.history_bytes -= freed;
-            if empty {
-                state.topics.remove(topic);
-            }
-        }
-    }
-
-    /// Events numbered up to `at` may have been lost (for `topics`, or all topics with `None`):
-    /// resumes from before `at` become resets, and current subscribers are told in-band.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn gap(&self, topics: Option<&[Topic]>, at: u64, reason: GapReason) {
-        let now = Instant::now();
-        let mut state = lock(&self.shared.state);
-        state.last_seq = state.last_seq.max(at);
-        // A subscription of several topics is told once.
-        let mut told = HashSet::new();
-        let mut mark = |t: &mut TopicState| {
-            if t.floor != UNKNOWN {
-                t.floor = t.floor.max(at);
-            }
-            tell(t, &mut told, reason, now);
-        };
-        match topics {
-            Some(topics) => {
-                for topic in topics {
-                    if let Some(t) = state.topics.get_mut(topic) {
-                        mark(t);
-                    }
-                }
-            }
-            None => {
-                state.forgotten = state.forgotten.max(at);
-                state.topics.values_mut().for_each(mark);
-            }
-        }
-    }
-
-    /// The numbering started over under a new epoch (the broker lost its state): all history is
-    /// dropped and every subscriber is told.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn new_epoch(&self, epoch: u32, last_seq: u64) {
-        let now = Instant::now();
-        let mut state = lock(&self.shared.state);
-        if state.epoch != epoch {
-            new_epoch_locked(&mut state, epoch, last_seq, now);
-        }
-    }
-
     /// Stops new subscriptions and ends every open one.
     pub(crate) fn close(&self) {
         let mut state = lock(&self.shared.state);
@@ -520,16 +412,6 @@ impl Hub {
                 q.end(End::Closed);
             }
         }
-    }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        lock(&self.shared.state).closed
-    }
-
-    /// The epoch of the current history.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn epoch(&self) -> u32 {
-        lock(&self.shared.state).epoch
     }
 
     /// Counts of open subscriptions (per topic, summed), topics with state and history.
@@ -571,171 +453,6 @@ fn forget_topic(state: &mut State, topic: &Topic) {
     }
 }
 
-/// Tells each subscriber of `t` not yet in `told` about a gap.
-fn tell(t: &TopicState, told: &mut HashSet<u64>, reason: GapReason, now: Instant) {
-    let push = Push {
-        published: now,
-        now,
-        shed: false,
-    };
-    for (id, q) in &t.subscribers {
-        if told.insert(*id) {
-            q.push(Item::Gap(reason), push);
-        }
-    }
-}
-
-/// Per topic, the stored events after the resume point (each part in sequence order).
-type Replay = Vec<(Topic, Vec<(u64, Bytes)>)>;
-
-/// How a subscription of `topics` from `cursor` starts, and what it replays.
-fn plan_resume(
-    state: &State,
-    topics: &[Topic],
-    cursor: Option<&Result<EventId, InvalidEventId>>,
-) -> (ResumeStatus, Replay) {
-    let unknown_floor = if state.hears_all {
-        state.forgotten
-    } else {
-        UNKNOWN
-    };
-    let floor_of = |topic: &Topic| state.topics.get(topic).map_or(unknown_floor, |t| t.floor);
-    let after = match cursor {
-        None => return (ResumeStatus::Fresh, Vec::new()),
-        Some(Err(_)) => return (ResumeStatus::Reset(ResetReason::InvalidId), Vec::new()),
-        Some(Ok(id)) if id.epoch() != state.epoch => {
-            return (ResumeStatus::Reset(ResetReason::UnknownEpoch), Vec::new())
-        }
-        Some(Ok(id)) if id.sequence() > state.last_seq => {
-            return (ResumeStatus::Reset(ResetReason::UnknownId), Vec::new())
-        }
-        Some(Ok(id)) => id.sequence(),
-    };
-    if topics.iter().any(|t| floor_of(t) > after) {
-        return (ResumeStatus::Reset(ResetReason::HistoryExpired), Vec::new());
-    }
-    let replay: Replay = topics
-        .iter()
-        .filter_map(|topic| Some((topic, state.topics.get(topic)?)))
-        .map(|(topic, t)| {
-            let events = t.history.after(after).map(|s| (s.seq, s.frame.clone()));
-            (topic.clone(), events.collect())
-        })
-        .collect();
-    let replayed = replay.iter().map(|(_, events)| events.len()).sum();
-    (ResumeStatus::Resumed { replayed }, replay)
-}
-
-/// Per topic, the last event delivered here, or the point where listening began (capped by the
-/// watermark): no event of the topic between it and the watermark exists, so a replay read
-/// elsewhere need not look there.
-fn known_positions(state: &State, topics: &[Topic]) -> Vec<u64> {
-    topics
-        .iter()
-        .map(|topic| match state.topics.get(topic) {
-            Some(t) if t.floor != UNKNOWN => {
-                let last = t.history.last_seq().unwrap_or(0);
-                t.floor.max(last).min(state.last_seq)
-            }
-            _ => state.last_seq,
-        })
-        .collect()
-}
-
-/// The replay's parts merged into one queue in sequence order.
-fn merge(parts: Replay, epoch: u32) -> VecDeque<Item> {
-    let mut all: Vec<Item> = Vec::with_capacity(parts.iter().map(|(_, e)| e.len()).sum());
-    let several = parts.len() > 1;
-    for (topic, events) in parts {
-        all.extend(events.into_iter().map(|(seq, frame)| {
-            let id = EventId::new(epoch, seq);
-            Item::Event(EncodedEvent::new(id, topic.clone(), frame))
-        }));
-    }
-    if several {
-        all.sort_unstable_by_key(|item| match item {
-            Item::Event(event) => event.id().sequence(),
-            Item::Gap(_) => 0,
-        });
-    }
-    all.into()
-}
-
-/// What [`Hub::resume_or_register`] did.
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
-pub(crate) enum Resume {
-    /// The local history answered (or the resume point is of another epoch): the subscription
-    /// is complete.
-    Done(Subscription),
-    /// The subscriber is registered and receives every event delivered from now on; the replay
-    /// is up to the caller.
-    Pending(Registration),
-}
-
-/// A registered subscriber whose replay is still to be found; see [`Hub::resume_or_register`].
-/// Dropping it unregisters the subscriber.
-#[derive(Debug)]
-pub(crate) struct Registration {
-    hub: Hub,
-    id: u64,
-    topics: Vec<Topic>,
-    queue: Option<Arc<Queue>>,
-    epoch: u32,
-    watermark: u64,
-    known: Vec<u64>,
-}
-
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
-impl Registration {
-    /// The epoch of the hub's history at registration.
-    pub(crate) fn epoch(&self) -> u32 {
-        self.epoch
-    }
-
-    /// The highest sequence number known at registration. Events are delivered in sequence
-    /// order, so events numbered above it reach the subscriber's queue; the replay must hold
-    /// the ones after the resume point up to it.
-    pub(crate) fn watermark(&self) -> u64 {
-        self.watermark
-    }
-
-    /// Per topic (in the order of the topics), a sequence number at or below the watermark such
-    /// that no event of the topic is numbered between it and the watermark: the replay of the
-    /// topic ends there.
-    pub(crate) fn known(&self) -> &[u64] {
-        &self.known
-    }
-
-    /// The subscription: `replay` (in sequence order, none above the watermark) first, then the
-    /// events queued since registration.
-    pub(crate) fn finish(
-        mut self,
-        replay: VecDeque<Item>,
-        status: ResumeStatus,
-        start_id: EventId,
-    ) -> Subscription {
-        let queue = self.queue.take().expect("finished once");
-        let topics = std::mem::take(&mut self.topics);
-        Subscription::new(
-            self.hub.clone(),
-            self.id,
-            topics,
-            queue,
-            replay,
-            status,
-            start_id,
-        )
-    }
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        if self.queue.is_some() {
-            self.hub.unsubscribe(self.id, &self.topics);
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct HubStats {
     pub(crate) topics: usize,
@@ -743,22 +460,6 @@ pub(crate) struct HubStats {
     pub(crate) history_events: usize,
     pub(crate) history_bytes: usize,
     pub(crate) held_bytes: usize,
-}
-
-/// Starts history `epoch` at `last_seq`: all history is dropped and every subscriber is told.
-fn new_epoch_locked(state: &mut State, epoch: u32, last_seq: u64, now: Instant) {
-    state.epoch = epoch;
-    state.last_seq = last_seq;
-    state.forgotten = last_seq;
-    state.history_bytes = 0;
-    let mut told = HashSet::new();
-    for t in state.topics.values_mut() {
-        t.history.clear();
-        if t.floor != UNKNOWN {
-            t.floor = last_seq;
-        }
-        tell(t, &mut told, GapReason::HistoryLost, now);
-    }
 }
 
 #[cfg(test)]
@@ -807,8 +508,11 @@ mod tests {
         hub.publish_next(&topic(t), |_| Bytes::from(vec![b'x'; len]))
     }
 
+    #[cfg(feature = "redis")]
     #[test]
     fn a_gap_is_told_once_to_a_subscription_of_several_topics() {
+        use crate::bus::GapReason;
+
         let hub = Hub::new(1, true, limits());
         let topics = vec![topic("a"), topic("b")];
         let mut sub = hub.subscribe(topics, None).unwrap();
