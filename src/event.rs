@@ -238,6 +238,48 @@ pub(crate) fn finish_frame(buf: &mut BytesMut, id: Option<&str>) {
     buf.put_u8(b'\n');
 }
 
+/// The frames the crate writes itself, never published: the status event, comments, a
+/// reconnection delay, an id alone.
+pub(crate) mod frames {
+    use std::fmt::Display;
+
+    use bytes::{BufMut, Bytes, BytesMut};
+
+    use super::put_field;
+    use crate::stream::STATUS_EVENT;
+
+    /// Writes a status event (`sse-status`) with `data` and, when given, the id to resume from.
+    pub(crate) fn put_status(buf: &mut BytesMut, data: &str, id: Option<&dyn Display>) {
+        put_field(buf, b"event", STATUS_EVENT);
+        put_field(buf, b"data", data);
+        if let Some(id) = id {
+            put_field(buf, b"id", &id.to_string());
+        }
+        buf.put_u8(b'\n');
+    }
+
+    /// Writes the reconnection delay a client should wait (`retry:`).
+    pub(crate) fn put_retry(buf: &mut BytesMut, millis: u64) {
+        put_field(buf, b"retry", &millis.to_string());
+    }
+
+    /// A comment frame, which clients ignore (`text` has no line break).
+    pub(crate) fn comment(text: &str) -> Bytes {
+        let mut buf = BytesMut::with_capacity(text.len() + 4);
+        put_field(&mut buf, b"", text);
+        buf.put_u8(b'\n');
+        buf.freeze()
+    }
+
+    /// A frame of an id alone: a browser takes it as its `Last-Event-ID` and dispatches nothing.
+    pub(crate) fn id_only(id: &str) -> Bytes {
+        let mut buf = BytesMut::with_capacity(id.len() + 6);
+        put_field(&mut buf, b"id", id);
+        buf.put_u8(b'\n');
+        buf.freeze()
+    }
+}
+
 fn has_line_break(s: &str) -> bool {
     memchr::memchr2(b'\n', b'\r', s.as_bytes()).is_some()
 }

@@ -3,26 +3,27 @@
 use std::{
     convert::Infallible,
     fmt,
-    future::Future,
     pin::Pin,
-    task::{Context, Poll, Waker},
+    task::{Context, Poll},
     time::{Duration, SystemTime},
 };
 
-use bytes::{BufMut, Bytes, BytesMut};
-use futures_core::Stream;
+use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
+use self::live::Live;
 use crate::{
-    bus::{random_u64, EncodedEvent, Message, ResumeStatus, Subscription},
+    bus::{EncodedEvent, Subscription},
     event::Event,
-    event::KEEP_ALIVE,
-    last_event_id::Cursor,
     limit::StreamPermit,
     metrics::StreamMetrics,
 };
+
+mod chunk;
+mod live;
+mod status;
 
 /// The event type of the status events the stream sends: first, to say how the stream started
 /// (`fresh`, `resumed` or `reset`), and later when events may have been lost (`gap`).
@@ -115,36 +116,6 @@ pub struct EventStream {
 enum Kind {
     Live(Box<Live>),
     Fixed(Option<Bytes>),
-}
-
-struct Live {
-    subscription: Subscription,
-    config: StreamConfig,
-    head: Option<Bytes>,
-    /// When the client's authorization ends, if it does.
-    deadline: Option<Pin<Box<Sleep>>>,
-    /// What to write for each event, if not its frame as published.
-    map: Option<MapFn>,
-    /// The last event the map skipped, while nothing written carries a later id.
-    skipped: Option<EncodedEvent>,
-    /// When the last chunk of any kind went out: the keep-alive timer, when it fires, is checked
-    /// against it (rather than reset at every write).
-    last_sent: Option<Instant>,
-    /// When the last chunk with events went out (only tracked with a write delay).
-    last_write: Option<Instant>,
-    /// Frames waiting for the write delay to pass, and the timer that sends them.
-    held: Option<Chunk>,
-    flush: Option<Pin<Box<Sleep>>>,
-    /// The last write sent frames that had waited: until a delay passes without events, the
-    /// subscription is checked only when each delay ends, so publishes do not wake the task.
-    busy: bool,
-    /// The last chunk was full and more may be ready: the write delay does not apply until the
-    /// subscription has nothing more, so a backlog goes out as fast as the client reads.
-    backlog: bool,
-    started: bool,
-    done: bool,
-    metrics: StreamMetrics,
-    _permit: Option<StreamPermit>,
 }
 
 impl EventStream {
@@ -359,324 +330,6 @@ pub(crate) fn text_response(
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-impl Live {
-    /// The first frame: the reconnection delay and the status event.
-    fn head(&self) -> Bytes {
-        let mut buf = BytesMut::with_capacity(128);
-        if let Some(retry) = self.config.retry {
-            let jitter = self.config.retry_jitter.as_millis() as u64;
-            let extra = if jitter == 0 {
-                0
-            } else {
-                random_u64() % (jitter + 1)
-            };
-            let millis = retry.as_millis() as u64 + extra;
-            buf.put_slice(format!("retry: {millis}\n").as_bytes());
-        }
-        let data = match self.subscription.status() {
-            ResumeStatus::Fresh => r#"{"status":"fresh"}"#.to_owned(),
-            ResumeStatus::Resumed { replayed } => {
-                format!(r#"{{"status":"resumed","replayed":{replayed}}}"#)
-            }
-            ResumeStatus::Reset(reason) => {
-                format!(r#"{{"status":"reset","reason":"{}"}}"#, reason.as_str())
-            }
-        };
-        put_status(&mut buf, &data, Some(self.subscription.last_event_id()));
-        buf.freeze()
-    }
-
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        self.start();
-        let mut clock = Clock::default();
-        // Frames held back by the write delay come first.
-        let mut chunk = self.held.take().unwrap_or_default();
-        let hold_until = self.hold_until();
-        let holding = hold_until.is_some_and(|until| clock.now() < until);
-        let had_held = !chunk.is_empty();
-        // While frames are held (or the stream is busy), the subscription is not polled: events
-        // published meanwhile are picked up when the delay is over.
-        let held_back = holding && (had_held || self.busy);
-        if let Some(head) = self.head.take() {
-            chunk.push_owned(head);
-        }
-        let busy = !held_back && self.drain(cx, &mut chunk, had_held);
-        if !self.done {
-            self.end_if_expired(cx, &mut chunk);
-        }
-        if let (true, Some(until)) = (holding, hold_until) {
-            if self.hold(cx, &mut chunk, until) {
-                return Poll::Pending;
-            }
-        }
-        if !chunk.is_empty() {
-            self.last_sent = Some(clock.now());
-        }
-        if chunk.events > 0 {
-            if !self.config.write_delay.is_zero() {
-                // Frames released by the timer count as written when the delay ended, which
-                // keeps a busy stream to one write per delay. (The first frame alone does not
-                // count.)
-                let now = clock.now();
-                self.last_write = Some(match hold_until {
-                    Some(until) if held_back => now.max(until),
-                    _ => now,
-                });
-                self.busy = had_held || busy;
-            }
-            let oldest = self.subscription.take_oldest();
-            self.metrics.delivered(chunk.events, oldest);
-            tracing::trace!(events = chunk.events, bytes = chunk.len, "delivered");
-        }
-        if let Some(bytes) = chunk.into_bytes() {
-            return Poll::Ready(Some(bytes));
-        }
-        if self.done {
-            return Poll::Ready(None);
-        }
-        self.poll_keep_alive(&mut clock)
-    }
-
-    /// Until when frames wait for others to join them: the write delay after the last write,
-    /// unless a backlog is being written.
-    fn hold_until(&self) -> Option<Instant> {
-        if self.backlog || self.config.write_delay.is_zero() {
-            return None;
-        }
-        self.last_write.map(|at| at + self.config.write_delay)
-    }
-
-    /// The first poll: the head frame, and the keep-alive wake-ups.
-    fn start(&mut self) {
-        if self.started {
-            return;
-        }
-        self.started = true;
-        self.head = Some(self.head());
-        if let Some(every) = self.config.keep_alive {
-            self.subscription.keep_alive(every);
-        }
-    }
-
-    /// Moves what the subscription has ready into `chunk`. A busy stream checks without asking
-    /// to be woken; one that finds nothing new is quiet again and checks once more, asking to
-    /// be woken by the next event. Returns whether the stream is still busy.
-    fn drain(&mut self, cx: &mut Context<'_>, chunk: &mut Chunk, had_held: bool) -> bool {
-        let mut busy = self.busy;
-        let len_before = chunk.len;
-        loop {
-            let pending = if busy {
-                self.gather(&mut Context::from_waker(Waker::noop()), chunk)
-            } else {
-                self.gather(cx, chunk)
-            };
-            if busy && pending && !had_held && chunk.len == len_before {
-                busy = false;
-                self.busy = false;
-                continue;
-            }
-            return busy;
-        }
-    }
-
-    /// Moves messages of the subscription into `chunk` up to [`MAX_BATCH_BYTES`]. Returns
-    /// whether the subscription had nothing more (and will wake `cx`); a full chunk marks a
-    /// backlog.
-    fn gather(&mut self, cx: &mut Context<'_>, chunk: &mut Chunk) -> bool {
-        self.backlog = false;
-        let pending = loop {
-            if chunk.len >= MAX_BATCH_BYTES {
-                self.backlog = true;
-                break false;
-            }
-            match Pin::new(&mut self.subscription).poll_next(cx) {
-                Poll::Pending => break true,
-                Poll::Ready(Some(Message::Event(event))) => self.put_event(event, chunk),
-                Poll::Ready(Some(Message::Gap(reason))) => {
-                    self.put_skipped(chunk);
-                    let mut buf = BytesMut::new();
-                    let data = format!(r#"{{"status":"gap","reason":"{}"}}"#, reason.as_str());
-                    put_status(&mut buf, &data, None);
-                    chunk.push(&buf);
-                }
-                Poll::Ready(Some(end)) => {
-                    self.put_skipped(chunk);
-                    let why = match end {
-                        Message::Lagged => "disconnected: this client fell too far behind",
-                        Message::Stalled => "disconnected: this client stopped reading",
-                        _ => "the server is shutting down",
-                    };
-                    let comment = format!(
-                        ": {why}; reconnect with Last-Event-ID {} to resume\n\n",
-                        self.subscription.last_event_id()
-                    );
-                    chunk.push(comment.as_bytes());
-                    self.done = true;
-                    break false;
-                }
-                Poll::Ready(None) => {
-                    self.done = true;
-                    break false;
-                }
-            }
-        };
-        self.put_skipped(chunk);
-        pending
-    }
-
-    /// Adds an event to `chunk` as the stream's map says: as published (its shared frame),
-    /// replaced, or skipped (remembered, so its id still goes out).
-    fn put_event(&mut self, event: EncodedEvent, chunk: &mut Chunk) {
-        let mapped = self.map.as_ref().map_or(Mapped::Keep, |map| map(&event));
-        match mapped {
-            Mapped::Keep => chunk.push_owned(event.into_frame()),
-            Mapped::Skip => {
-                self.skipped = Some(event);
-                return;
-            }
-            Mapped::Replace(replacement) => {
-                chunk.push_owned(replacement.encode_with_id(event.id_line()));
-            }
-        }
-        chunk.events += 1;
-        self.skipped = None;
-    }
-
-    /// Writes the id of the last skipped event, if nothing written since carries a later one:
-    /// an `id:` line alone, which a browser takes as its `Last-Event-ID` without dispatching
-    /// anything, so a reconnect does not replay what was skipped.
-    fn put_skipped(&mut self, chunk: &mut Chunk) {
-        if let Some(id) = self.skipped.take().as_ref().and_then(EncodedEvent::id_line) {
-            chunk.push(format!("id: {id}\n\n").as_bytes());
-        }
-    }
-
-    /// Ends the stream when the client's authorization has expired.
-    fn end_if_expired(&mut self, cx: &mut Context<'_>, chunk: &mut Chunk) {
-        let Some(deadline) = &mut self.deadline else {
-            return;
-        };
-        if deadline.as_mut().poll(cx).is_ready() {
-            let comment = format!(
-                ": token expired; reconnect with a fresh token and Last-Event-ID {} to resume\n\n",
-                self.subscription.last_event_id()
-            );
-            chunk.push(comment.as_bytes());
-            self.done = true;
-        }
-    }
-
-    /// Within the write delay (until `until`): keeps `chunk` for later and arms the timer that
-    /// sends it, unless there is nothing to wait for (or too much). Returns whether it did.
-    fn hold(&mut self, cx: &mut Context<'_>, chunk: &mut Chunk, until: Instant) -> bool {
-        if self.done || chunk.len >= MAX_BATCH_BYTES || (chunk.is_empty() && !self.busy) {
-            return false;
-        }
-        let flush = self
-            .flush
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
-        if flush.deadline() != until {
-            flush.as_mut().reset(until);
-        }
-        if flush.as_mut().poll(cx).is_ready() {
-            // The timer says the delay is over (the clock read before can lag it): go again
-            // without a hold.
-            self.last_write = None;
-            cx.waker().wake_by_ref();
-        }
-        self.held = Some(std::mem::take(chunk));
-        true
-    }
-
-    /// Sends a keep-alive comment when nothing went out for the interval. The bus wakes the
-    /// stream about once per interval (all streams of a bus on one tick, not a timer each), so
-    /// an idle stream sends one comment per interval, and one that wrote meanwhile waits for
-    /// the next round: two comments are at most twice the interval apart.
-    fn poll_keep_alive(&mut self, clock: &mut Clock) -> Poll<Option<Bytes>> {
-        let Some(every) = self.config.keep_alive else {
-            return Poll::Pending;
-        };
-        let now = clock.now();
-        if self.last_sent.is_some_and(|at| now < at + every) {
-            return Poll::Pending;
-        }
-        self.last_sent = Some(now);
-        Poll::Ready(Some(Bytes::from_static(KEEP_ALIVE)))
-    }
-}
-
-/// The clock, read at most once per poll.
-#[derive(Default)]
-struct Clock(Option<Instant>);
-
-impl Clock {
-    fn now(&mut self) -> Instant {
-        *self.0.get_or_insert_with(Instant::now)
-    }
-}
-
-/// Frames gathered for one chunk: the first as it is (not copied), further ones concatenated.
-#[derive(Default)]
-struct Chunk {
-    first: Option<Bytes>,
-    batch: Option<BytesMut>,
-    len: usize,
-    events: u64,
-}
-
-impl Chunk {
-    fn is_empty(&self) -> bool {
-        self.first.is_none()
-    }
-
-    fn push_owned(&mut self, bytes: Bytes) {
-        if self.first.is_none() {
-            self.len += bytes.len();
-            self.first = Some(bytes);
-        } else {
-            self.push(&bytes);
-        }
-    }
-
-    fn push(&mut self, bytes: &[u8]) {
-        self.len += bytes.len();
-        match (&self.first, &mut self.batch) {
-            (None, _) => self.first = Some(Bytes::copy_from_slice(bytes)),
-            (Some(first), None) => {
-                let mut batch = BytesMut::with_capacity((first.len() + bytes.len()) * 2);
-                batch.put_slice(first);
-                batch.put_slice(bytes);
-                self.batch = Some(batch);
-            }
-            (Some(_), Some(batch)) => batch.put_slice(bytes),
-        }
-    }
-
-    /// The chunk's bytes, if it has any.
-    fn into_bytes(self) -> Option<Bytes> {
-        match self.batch {
-            Some(batch) => Some(batch.freeze()),
-            None => self.first,
-        }
-    }
-}
-
-/// Writes a status event.
-fn put_status(buf: &mut BytesMut, data: &str, id: Option<Cursor>) {
-    buf.put_slice(b"event: ");
-    buf.put_slice(STATUS_EVENT.as_bytes());
-    buf.put_slice(b"\ndata: ");
-    buf.put_slice(data.as_bytes());
-    buf.put_u8(b'\n');
-    if let Some(id) = id {
-        buf.put_slice(format!("id: {id}\n").as_bytes());
-    }
-    buf.put_u8(b'\n');
 }
 
 impl Body for EventStream {
