@@ -10,6 +10,10 @@ use crate::error::InvalidEvent;
 /// `sse-status`, and any it adds later): [`Event::event`] refuses them.
 pub(crate) const RESERVED_PREFIX: &str = "sse-";
 
+/// The event type of the status events the stream sends: first, to say how the stream started
+/// (`fresh`, `resumed` or `reset`), and later when events may have been lost (`gap`).
+pub const STATUS_EVENT: &str = "sse-status";
+
 /// The frame written when a stream has been idle for the keep-alive interval: one empty
 /// comment line, which clients ignore.
 pub(crate) const KEEP_ALIVE: &[u8] = b":\n\n";
@@ -246,7 +250,7 @@ pub(crate) mod frames {
     use bytes::{BufMut, Bytes, BytesMut};
 
     use super::put_field;
-    use crate::stream::STATUS_EVENT;
+    use super::STATUS_EVENT;
 
     /// Writes a status event (`sse-status`) with `data` and, when given, the id to resume from.
     pub(crate) fn put_status(buf: &mut BytesMut, data: &str, id: Option<&dyn Display>) {

@@ -6,7 +6,7 @@ use crate::{
     auth::{Authorize, Policy},
     bus::EventBus,
     limit::StreamLimit,
-    route::{Access, Route},
+    route::{normalize_path, Access, Route},
     service::Sse,
 };
 
@@ -162,16 +162,6 @@ impl SseLayer {
     pub fn bus(&self) -> &EventBus {
         &self.route.bus
     }
-}
-
-pub(crate) fn normalize_path(mut path: String) -> String {
-    while path.ends_with('/') {
-        path.pop();
-    }
-    if !path.starts_with('/') {
-        path.insert(0, '/');
-    }
-    path
 }
 
 impl<S> Layer<S> for SseLayer {

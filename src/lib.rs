@@ -138,12 +138,14 @@ pub mod metrics;
 #[cfg(not(feature = "metrics"))]
 mod metrics;
 mod query;
+mod random;
 mod route;
 #[cfg(feature = "server")]
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub mod server;
 mod service;
 mod stream;
+mod sync;
 
 #[doc(inline)]
 pub use self::{
@@ -154,14 +156,14 @@ pub use self::{
         ResetReason, ResumeStatus, Subscription, Topic,
     },
     error::{BusError, InvalidEvent, InvalidEventId, InvalidTopic},
-    event::Event,
+    event::{Event, STATUS_EVENT},
     future::{ResponseFuture, StreamFuture},
     handler::{StreamError, Streams},
     last_event_id::{Cursor, EventId},
     layer::SseLayer,
     route::last_event_id,
     service::{Sse, SseService},
-    stream::{EventStream, Mapped, STATUS_EVENT},
+    stream::{EventStream, Mapped},
 };
 
 #[cfg(feature = "redis")]

@@ -34,12 +34,11 @@
 //! tower_sse::metrics::describe();
 //! let bus = EventBus::memory();
 //! // When your exporter is scraped:
-//! tower_sse::metrics::record_stats(&bus);
+//! tower_sse::metrics::record_stats(&bus.stats());
 //! ```
 
 #[cfg(feature = "metrics")]
-use crate::bus::EventBus;
-use crate::bus::ResumeStatus;
+use crate::bus::stats::BusStats;
 
 /// Registers a description (and unit) of every metric with the installed recorder, for
 /// exporters that show them (Prometheus `# HELP` lines).
@@ -111,12 +110,12 @@ pub fn describe() {
     );
 }
 
-/// Sets the gauges that describe `bus`'s state (`sse_topics`, `sse_subscriptions`,
-/// `sse_history_events`, `sse_history_bytes`) from [`EventBus::stats`]. Call it before your
-/// exporter renders, or on a timer: it takes the bus's lock once and walks its topics.
+/// Sets the gauges that describe a bus's state (`sse_topics`, `sse_subscriptions`,
+/// `sse_history_events`, `sse_history_bytes`, `sse_held_bytes`) from its
+/// [`stats`](crate::EventBus::stats). Call it before your exporter renders, or on a timer:
+/// taking the stats locks the bus once and walks its topics.
 #[cfg(feature = "metrics")]
-pub fn record_stats(bus: &EventBus) {
-    let stats = bus.stats();
+pub fn record_stats(stats: &BusStats) {
     ::metrics::gauge!("sse_topics").set(stats.topics as f64);
     ::metrics::gauge!("sse_subscriptions").set(stats.subscriptions as f64);
     ::metrics::gauge!("sse_history_events").set(stats.history_events as f64);
@@ -137,10 +136,10 @@ pub(crate) struct StreamMetrics {
 
 impl StreamMetrics {
     /// A stream opened, starting as `status` says.
-    pub(crate) fn open(status: ResumeStatus) -> Self {
+    pub(crate) fn open(outcome: &'static str) -> Self {
         #[cfg(feature = "metrics")]
         {
-            ::metrics::counter!("sse_resumes_total", "outcome" => status.as_str()).increment(1);
+            ::metrics::counter!("sse_resumes_total", "outcome" => outcome).increment(1);
             let open = ::metrics::gauge!("sse_streams_open");
             open.increment(1.0);
             Self {
@@ -151,7 +150,7 @@ impl StreamMetrics {
         }
         #[cfg(not(feature = "metrics"))]
         {
-            let _ = status;
+            let _ = outcome;
             Self {}
         }
     }

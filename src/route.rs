@@ -8,7 +8,7 @@ use crate::{
     auth::{Denied, Policy},
     bus::{EventBus, Subscription, Topic},
     error::{BusError, BusErrorKind},
-    handler::StreamError,
+    handler::error::StreamError,
     last_event_id::{Cursor, ResumeFrom},
     limit::{StreamLimit, StreamPermit},
     query::{percent_decode, query_pairs},
@@ -189,6 +189,17 @@ impl Route {
             Err(e) => EventStream::error_response(&e),
         }
     }
+}
+
+/// `path` with one leading `/` and no trailing one.
+pub(crate) fn normalize_path(mut path: String) -> String {
+    while path.ends_with('/') {
+        path.pop();
+    }
+    if !path.starts_with('/') {
+        path.insert(0, '/');
+    }
+    path
 }
 
 /// The answer to a stream request the policy refused.

@@ -17,9 +17,8 @@ use crate::{
     future::ResponseFuture,
     future::StreamFuture,
     handler::Streams,
-    layer::normalize_path,
     limit::StreamLimit,
-    route::{Access, Route},
+    route::{normalize_path, Access, Route},
     stream::{text_response, EventStream},
 };
 

@@ -52,7 +52,7 @@ pub(crate) async fn handle(
             }
         }
         (&Method::GET, "/metrics") => {
-            tower_sse::metrics::record_stats(&bus);
+            tower_sse::metrics::record_stats(&bus.stats());
             app.metrics.run_upkeep();
             let mut r = Response::new(Full::new(Bytes::from(app.metrics.render())));
             r.headers_mut().insert(

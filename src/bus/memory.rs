@@ -3,7 +3,7 @@
 use super::{
     backend::{Backend, BoxFuture},
     hub::{Hub, HubStats, Limits},
-    random_u32, Health, Published, Subscription, Topic,
+    Health, Published, Subscription, Topic,
 };
 use crate::{
     error::BusError,
@@ -21,7 +21,7 @@ pub(crate) struct Memory {
 impl Memory {
     pub(crate) fn new(limits: Limits) -> Self {
         Self {
-            hub: Hub::new(random_u32(), true, limits),
+            hub: Hub::new(crate::random::u32(), true, limits),
         }
     }
 }
@@ -46,7 +46,10 @@ impl Backend for Memory {
         topics: Vec<Topic>,
         resume: ResumeFrom,
     ) -> BoxFuture<'_, Result<Subscription, BusError>> {
-        let result = self.hub.subscribe(topics, one_position(resume));
+        let result = self
+            .hub
+            .subscribe(topics, one_position(resume))
+            .map(Subscription::from);
         Box::pin(std::future::ready(result))
     }
 

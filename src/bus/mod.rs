@@ -2,15 +2,19 @@
 
 mod backend;
 mod budget;
+mod builder;
 mod encoded;
 mod history;
 pub(crate) mod hub;
 mod janitor;
 mod memory;
-mod queue;
+mod outcome;
+pub(crate) mod queue;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+pub(crate) mod stats;
+mod status;
 mod subscription;
 mod topic;
 mod wheel;
@@ -21,20 +25,23 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::Duration,
 };
 
 use tracing::Instrument;
 
 pub(crate) use self::backend::Backend;
 pub use self::{
+    builder::Builder,
+    outcome::{Health, Published},
+    stats::BusStats,
+    status::{GapReason, ResetReason, ResumeStatus},
     subscription::{EncodedEvent, Message, Subscription},
     topic::{Topic, MAX_TOPIC_LEN},
 };
 use crate::{
     error::{BusError, BusErrorKind},
     event::Event,
-    last_event_id::{Cursor, EventId, ResumeFrom},
+    last_event_id::{Cursor, ResumeFrom},
 };
 
 /// A handle to the event bus: publish events to topics and subscribe to them.
@@ -258,328 +265,4 @@ impl fmt::Debug for EventBus {
             .field("max_topics", &self.inner.max_topics)
             .finish()
     }
-}
-
-/// A snapshot of an instance's bus state, from [`EventBus::stats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct BusStats {
-    /// Topics with subscribers or history on this instance.
-    pub topics: usize,
-    /// Topic subscriptions on this instance (a stream of three topics counts three times).
-    pub subscriptions: usize,
-    /// Events held in history for resume.
-    pub history_events: usize,
-    /// Bytes of encoded events held in history.
-    pub history_bytes: usize,
-    /// Bytes of encoded events held anywhere (history, queues, replays, bodies not yet
-    /// written), each event counted once however many subscribers share it.
-    pub held_bytes: usize,
-}
-
-/// The result of a successful [`EventBus::publish`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Published {
-    id: EventId,
-    local_only: bool,
-}
-
-impl Published {
-    pub(crate) fn new(id: EventId, local_only: bool) -> Self {
-        Self { id, local_only }
-    }
-
-    /// The id assigned to the event; subscribers see the same id.
-    pub fn id(&self) -> EventId {
-        self.id
-    }
-
-    /// True when the event reached only this instance's subscribers, because the connection to
-    /// the broker was down. Other instances never see it.
-    pub fn is_local_only(&self) -> bool {
-        self.local_only
-    }
-}
-
-/// Whether the bus's backend is connected, from [`EventBus::health`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Health {
-    problem: Option<String>,
-}
-
-impl Health {
-    pub(crate) fn healthy() -> Self {
-        Self { problem: None }
-    }
-
-    pub(crate) fn unhealthy(problem: impl Into<String>) -> Self {
-        Self {
-            problem: Some(problem.into()),
-        }
-    }
-
-    /// True when the backend is connected and subscriptions are served.
-    pub fn is_healthy(&self) -> bool {
-        self.problem.is_none()
-    }
-
-    /// What is wrong, when unhealthy.
-    pub fn problem(&self) -> Option<&str> {
-        self.problem.as_deref()
-    }
-}
-
-/// How a subscription started, from [`Subscription::status`]. The SSE stream tells the client
-/// in its first event (see the crate docs, "Resume status").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ResumeStatus {
-    /// No resume point was given.
-    Fresh,
-    /// Every event after the resume point was replayed (`replayed` of them); nothing was missed.
-    Resumed {
-        /// How many events were replayed.
-        replayed: usize,
-    },
-    /// The resume point could not be honoured; the subscription starts fresh and events may
-    /// have been missed.
-    Reset(ResetReason),
-}
-
-impl ResumeStatus {
-    /// The word used on the wire: `fresh`, `resumed` or `reset`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::Fresh => "fresh",
-            Self::Resumed { .. } => "resumed",
-            Self::Reset(_) => "reset",
-        }
-    }
-}
-
-/// Why a resume point could not be honoured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ResetReason {
-    /// The id is not one this bus issues.
-    InvalidId,
-    /// The id belongs to a history that no longer exists (the server or broker restarted and
-    /// lost it).
-    UnknownEpoch,
-    /// The id is newer than any event this instance knows of.
-    UnknownId,
-    /// The history this instance holds does not reach back to the id (it was trimmed, or this
-    /// instance was not listening to a topic at that time).
-    HistoryExpired,
-}
-
-impl ResetReason {
-    /// The word used on the wire.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::InvalidId => "invalid-id",
-            Self::UnknownEpoch => "unknown-epoch",
-            Self::UnknownId => "unknown-id",
-            Self::HistoryExpired => "history-expired",
-        }
-    }
-}
-
-/// Why events may have been lost in the middle of a subscription ([`Message::Gap`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum GapReason {
-    /// The connection to the broker dropped; events published meanwhile were not received.
-    BrokerDisconnected,
-    /// The broker lost its state (for example it restarted without persistence); ids start a
-    /// new history.
-    HistoryLost,
-}
-
-impl GapReason {
-    /// The word used on the wire.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::BrokerDisconnected => "broker-disconnected",
-            Self::HistoryLost => "history-lost",
-        }
-    }
-}
-
-/// Configures an [`EventBus`]: limits and history first, then the backend.
-///
-/// Every buffer the bus keeps is bounded, in events and in bytes:
-///
-/// | what | bound | default |
-/// | --- | --- | --- |
-/// | history, per topic | [`history_events`](Self::history_events), [`history_bytes`](Self::history_bytes), [`history_age`](Self::history_age) | 1 000 events, 4 MiB, 5 min |
-/// | history, all topics | [`history_total_bytes`](Self::history_total_bytes) (oldest evicted first) | 64 MiB |
-/// | each subscriber's queue | [`queue_capacity`](Self::queue_capacity), [`queue_bytes`](Self::queue_bytes), [`stall_timeout`](Self::stall_timeout) | 1 024 events, 8 MiB, 30 s |
-/// | everything held at once | [`max_held_bytes`](Self::max_held_bytes) | 256 MiB |
-/// | replays under way | [`replay_budget`](Self::replay_budget), [`replay_wait`](Self::replay_wait) | 10 000 events and 64 MiB, 2 s |
-///
-/// A subscriber that breaks a bound of its queue is disconnected with its resume id
-/// ([`Message::Lagged`], [`Message::Stalled`]); its client resumes. What `n` stalled clients
-/// can pin is therefore at most `n` times the queue bounds, and never more than
-/// `max_held_bytes` beyond the history: past it, every subscriber with a backlog is
-/// disconnected at its next event. (A client's own socket and HTTP buffers come on top, at most
-/// about one chunk each until the server's write timeout closes the connection.)
-///
-/// # Example
-///
-/// ```
-/// use std::time::Duration;
-/// use tower_sse::EventBus;
-///
-/// let bus = EventBus::builder()
-///     .history_events(10_000)
-///     .history_age(Duration::from_secs(600))
-///     .queue_bytes(4 << 20)
-///     .memory();
-/// # drop(bus);
-/// ```
-#[derive(Debug, Clone)]
-pub struct Builder {
-    pub(crate) limits: hub::Limits,
-    pub(crate) max_event_bytes: usize,
-    pub(crate) max_topics: usize,
-    replay_events: usize,
-    replay_bytes: usize,
-    replay_wait: Duration,
-}
-
-impl Default for Builder {
-    fn default() -> Self {
-        Self {
-            limits: hub::Limits {
-                history: history::HistoryLimits {
-                    events: 1_000,
-                    age: Duration::from_secs(300),
-                    bytes: 4 << 20,
-                    total_bytes: 64 << 20,
-                },
-                queue: queue::QueueLimits {
-                    items: 1_024,
-                    bytes: 8 << 20,
-                    stall: Duration::from_secs(30),
-                },
-                held_bytes: 256 << 20,
-            },
-            max_event_bytes: 1 << 20,
-            max_topics: 32,
-            replay_events: 10_000,
-            replay_bytes: 64 << 20,
-            replay_wait: Duration::from_secs(2),
-        }
-    }
-}
-
-impl Builder {
-    /// How many events per topic are kept for resume (default 1 000).
-    pub fn history_events(mut self, n: usize) -> Self {
-        self.limits.history.events = n;
-        self
-    }
-
-    /// How long events are kept for resume (default 5 minutes). Expired events go within a
-    /// second, whether or not anything is published.
-    pub fn history_age(mut self, age: Duration) -> Self {
-        self.limits.history.age = age;
-        self
-    }
-
-    /// How many bytes of encoded events per topic are kept for resume (default 4 MiB).
-    pub fn history_bytes(mut self, n: usize) -> Self {
-        self.limits.history.bytes = n;
-        self
-    }
-
-    /// How many bytes of encoded events are kept for resume across all topics (default 64 MiB);
-    /// past it the oldest event of any topic goes first.
-    pub fn history_total_bytes(mut self, n: usize) -> Self {
-        self.limits.history.total_bytes = n;
-        self
-    }
-
-    /// How many events may wait for one subscriber before it is disconnected as too slow
-    /// (default 1 024).
-    pub fn queue_capacity(mut self, n: usize) -> Self {
-        self.limits.queue.items = n.max(1);
-        self
-    }
-
-    /// How many bytes of events may wait for one subscriber before it is disconnected as too
-    /// slow (default 8 MiB). A single event larger than this is still delivered to a
-    /// subscriber with nothing waiting.
-    pub fn queue_bytes(mut self, n: usize) -> Self {
-        self.limits.queue.bytes = n;
-        self
-    }
-
-    /// How long a subscriber may take nothing while events wait for it before it is
-    /// disconnected as stalled (default 30 s): a client that stopped reading. Event streams can
-    /// set their own ([`SseLayer::write_timeout`](crate::SseLayer::write_timeout)).
-    pub fn stall_timeout(mut self, timeout: Duration) -> Self {
-        self.limits.queue.stall = timeout;
-        self
-    }
-
-    /// How many bytes of encoded events the bus may hold at once, counting an event shared by
-    /// many subscribers once (default 256 MiB); past it, subscribers with a backlog are
-    /// disconnected at their next event.
-    pub fn max_held_bytes(mut self, n: usize) -> Self {
-        self.limits.held_bytes = n;
-        self
-    }
-
-    /// How many events and bytes the replays of resumes answered from this instance's memory
-    /// may have under way at once (default 10 000 events and 64 MiB). A resume that does not
-    /// fit within [`replay_wait`](Self::replay_wait) fails as overloaded (`503` with
-    /// `Retry-After` from the layer).
-    pub fn replay_budget(mut self, events: usize, bytes: usize) -> Self {
-        self.replay_events = events;
-        self.replay_bytes = bytes;
-        self
-    }
-
-    /// How long a resume waits for replay budget (default 2 s).
-    pub fn replay_wait(mut self, wait: Duration) -> Self {
-        self.replay_wait = wait;
-        self
-    }
-
-    /// The largest event data accepted by [`EventBus::publish`], in bytes (default 1 MiB).
-    pub fn max_event_bytes(mut self, n: usize) -> Self {
-        self.max_event_bytes = n;
-        self
-    }
-
-    /// The most topics one subscription may name (default 32).
-    pub fn max_topics(mut self, n: usize) -> Self {
-        self.max_topics = n.max(1);
-        self
-    }
-
-    /// Builds an in-process bus: fan-out and bounded history within this process, no setup.
-    pub fn memory(self) -> EventBus {
-        let backend = memory::Memory::new(self.limits);
-        EventBus::from_backend(Box::new(backend), &self)
-    }
-}
-
-/// A random 32-bit number, from the standard library's randomly seeded hasher.
-pub(crate) fn random_u32() -> u32 {
-    random_u64() as u32
-}
-
-pub(crate) fn random_u64() -> u64 {
-    use std::{
-        collections::hash_map::RandomState,
-        hash::{BuildHasher, Hasher},
-        sync::atomic::{AtomicU64, Ordering},
-    };
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.finish()
 }

@@ -17,6 +17,7 @@ use std::{
 use tokio::time::Instant;
 
 use super::{EncodedEvent, GapReason};
+use crate::sync::lock;
 
 /// One thing queued for a subscription.
 #[derive(Debug, Clone)]
@@ -271,12 +272,6 @@ impl State {
         self.bytes = 0;
         self.end = Some(end);
     }
-}
-
-/// Locks a mutex, carrying on after a panic elsewhere poisoned it: every critical section here
-/// leaves the state consistent.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 pub use super::encoded::EncodedEvent;
 use super::{
     budget::ReplayPermit,
-    hub::Hub,
+    hub::{Hub, Joined},
     queue::{End, Item, Queue},
     GapReason, ResumeStatus, Topic,
 };
@@ -96,16 +96,17 @@ pub enum Message {
     Closed,
 }
 
-impl Subscription {
-    pub(crate) fn new(
-        hub: Hub,
-        id: u64,
-        topics: Vec<Topic>,
-        queue: Arc<Queue>,
-        replay: VecDeque<Item>,
-        status: ResumeStatus,
-        start_id: EventId,
-    ) -> Self {
+impl From<Joined> for Subscription {
+    fn from(joined: Joined) -> Self {
+        let Joined {
+            hub,
+            id,
+            topics,
+            queue,
+            replay,
+            status,
+            start_id,
+        } = joined;
         Self {
             inner: Inner::One(Part {
                 hub,
@@ -124,7 +125,9 @@ impl Subscription {
             _guard: None,
         }
     }
+}
 
+impl Subscription {
     fn parts_mut(&mut self) -> &mut [Part] {
         match &mut self.inner {
             Inner::One(part) => std::slice::from_mut(part),

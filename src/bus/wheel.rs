@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use super::{janitor::TICK, queue::Queue, random_u64};
+use super::{janitor::TICK, queue::Queue};
 
 /// Slots in the wheel: intervals up to this many ticks take one turn; longer ones wait out
 /// whole turns.
@@ -44,7 +44,7 @@ impl Wheel {
     /// part of it.
     pub(crate) fn insert(&mut self, queue: &Arc<Queue>, every: Duration) {
         let every = ticks(every);
-        let due = self.tick + 1 + random_u64() % every;
+        let due = self.tick + 1 + crate::random::u64() % every;
         self.put(Entry {
             due,
             every,

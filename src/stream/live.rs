@@ -17,7 +17,7 @@ use super::{
     status, MapFn, Mapped, StreamConfig, MAX_BATCH_BYTES,
 };
 use crate::{
-    bus::{random_u64, EncodedEvent, Message, Subscription},
+    bus::{EncodedEvent, Message, Subscription},
     event::{
         frames::{comment, id_only, put_retry, put_status},
         saturating_millis, KEEP_ALIVE,
@@ -64,8 +64,8 @@ impl Live {
         if let Some(retry) = self.config.retry {
             let jitter = saturating_millis(self.config.retry_jitter);
             let extra = match jitter.checked_add(1) {
-                Some(n) => random_u64() % n,
-                None => random_u64(),
+                Some(n) => crate::random::u64() % n,
+                None => crate::random::u64(),
             };
             put_retry(&mut buf, saturating_millis(retry).saturating_add(extra));
         }

@@ -25,10 +25,6 @@ mod chunk;
 mod live;
 mod status;
 
-/// The event type of the status events the stream sends: first, to say how the stream started
-/// (`fresh`, `resumed` or `reset`), and later when events may have been lost (`gap`).
-pub const STATUS_EVENT: &str = "sse-status";
-
 /// What [`EventStream::map_events`] does with one event.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -78,7 +74,7 @@ pub(crate) const DEFAULT_WRITE_DELAY: Duration = Duration::from_millis(8);
 /// A `text/event-stream` response body serving a [`Subscription`].
 ///
 /// The first frame tells the client how the stream started: a `retry:` field (with jitter, so a
-/// fleet of clients does not reconnect in lockstep) and a [`STATUS_EVENT`] event whose data is
+/// fleet of clients does not reconnect in lockstep) and a [`STATUS_EVENT`](crate::STATUS_EVENT) event whose data is
 /// `{"status":"fresh"}`, `{"status":"resumed","replayed":N}` or
 /// `{"status":"reset","reason":"..."}`, with the id to resume from. Then come the events, in
 /// order, several to a chunk when the client has a backlog or when they arrive within the
@@ -135,7 +131,7 @@ impl EventStream {
         );
         Self {
             kind: Kind::Live(Box::new(Live {
-                metrics: StreamMetrics::open(subscription.status()),
+                metrics: StreamMetrics::open(subscription.status().as_str()),
                 subscription,
                 config,
                 head: None,

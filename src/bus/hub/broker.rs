@@ -7,7 +7,8 @@ use std::{collections::HashSet, time::Duration};
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::{lock, Hub, Item, Push, Resume, State, TopicState, UNKNOWN};
+use super::{Hub, Item, Push, Resume, State, TopicState, UNKNOWN};
+use crate::sync::lock;
 use crate::{
     bus::{GapReason, Topic},
     error::BusError,

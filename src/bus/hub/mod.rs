@@ -22,7 +22,7 @@
 //! subscribers when nothing is published; publishing does the same work on the way.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -33,8 +33,7 @@ use tokio::time::Instant;
 use super::{
     budget::Held,
     history::{HistoryLimits, Oldest, Stored, TopicHistory},
-    queue::{lock, End, Item, Push, Queue, QueueLimits},
-    subscription::Subscription,
+    queue::{End, Item, Push, Queue, QueueLimits},
     wheel::Wheel,
     EncodedEvent, ResetReason, ResumeStatus, Topic,
 };
@@ -50,6 +49,22 @@ mod resume;
 use self::resume::{known_positions, merge, plan_resume};
 #[cfg_attr(not(feature = "redis"), allow(unused_imports))]
 pub(crate) use self::resume::{Registration, Resume};
+use crate::sync::lock;
+
+/// A subscriber a hub registered, with what it is owed first and how it started: what a
+/// [`Subscription`](crate::Subscription) is made of.
+#[derive(Debug)]
+pub(crate) struct Joined {
+    pub(crate) hub: Hub,
+    pub(crate) id: u64,
+    pub(crate) topics: Vec<Topic>,
+    pub(crate) queue: Arc<Queue>,
+    /// In sequence order, before anything queued.
+    pub(crate) replay: VecDeque<Item>,
+    pub(crate) status: ResumeStatus,
+    /// Where the subscriber stands before it takes anything.
+    pub(crate) start_id: EventId,
+}
 
 /// The floor of a topic whose events this instance does not hear: no resume point is complete.
 pub(crate) const UNKNOWN: u64 = u64::MAX;
@@ -301,9 +316,9 @@ impl Hub {
         &self,
         topics: Vec<Topic>,
         cursor: Option<Result<EventId, InvalidEventId>>,
-    ) -> Result<Subscription, BusError> {
+    ) -> Result<Joined, BusError> {
         match self.subscribe_inner(topics, cursor, false)? {
-            Resume::Done(subscription) => Ok(subscription),
+            Resume::Done(joined) => Ok(joined),
             Resume::Pending(_) => unreachable!("only deferred resumes are left pending"),
         }
     }
@@ -353,15 +368,15 @@ impl Hub {
         drop(state);
         // Merged outside the lock: each topic's part is in order already.
         let replay = merge(replay, epoch);
-        Ok(Resume::Done(Subscription::new(
-            self.clone(),
+        Ok(Resume::Done(Joined {
+            hub: self.clone(),
             id,
             topics,
             queue,
             replay,
             status,
             start_id,
-        )))
+        }))
     }
 
     /// Adds a subscriber's queue to `topics`.
@@ -472,7 +487,7 @@ mod tests {
     use futures_core::Stream;
 
     use super::*;
-    use crate::bus::Message;
+    use crate::bus::{Message, Subscription};
 
     fn limits() -> Limits {
         Limits {
@@ -515,7 +530,7 @@ mod tests {
 
         let hub = Hub::new(1, true, limits());
         let topics = vec![topic("a"), topic("b")];
-        let mut sub = hub.subscribe(topics, None).unwrap();
+        let mut sub = Subscription::from(hub.subscribe(topics, None).unwrap());
         hub.gap(None, 0, GapReason::BrokerDisconnected);
         assert_eq!(
             drain(&mut sub),
@@ -534,19 +549,21 @@ mod tests {
         // 90 bytes > 64: the oldest (of topic a) went.
         let stats = hub.stats();
         assert_eq!((stats.history_events, stats.history_bytes), (2, 60));
-        let resumed = hub.subscribe(vec![topic("a")], Some(Ok(first))).unwrap();
+        let resumed = Subscription::from(hub.subscribe(vec![topic("a")], Some(Ok(first))).unwrap());
         assert_eq!(resumed.status(), ResumeStatus::Resumed { replayed: 0 });
         let before_first = EventId::new(1, 0);
-        let expired = hub
-            .subscribe(vec![topic("a")], Some(Ok(before_first)))
-            .unwrap();
+        let expired = Subscription::from(
+            hub.subscribe(vec![topic("a")], Some(Ok(before_first)))
+                .unwrap(),
+        );
         assert_eq!(
             expired.status(),
             ResumeStatus::Reset(ResetReason::HistoryExpired)
         );
-        let kept = hub
-            .subscribe(vec![topic("b"), topic("c")], Some(Ok(first)))
-            .unwrap();
+        let kept = Subscription::from(
+            hub.subscribe(vec![topic("b"), topic("c")], Some(Ok(first)))
+                .unwrap(),
+        );
         assert_eq!(kept.status(), ResumeStatus::Resumed { replayed: 2 });
         assert_eq!(kept.last_event_id().event_id(), Some(first));
         let _ = second;

@@ -5,11 +5,10 @@ use std::{collections::VecDeque, sync::Arc};
 
 use bytes::Bytes;
 
-use super::{Hub, State, UNKNOWN};
+use super::{Hub, Joined, State, UNKNOWN};
 use crate::{
     bus::{
         queue::{Item, Queue},
-        subscription::Subscription,
         EncodedEvent, ResetReason, ResumeStatus, Topic,
     },
     error::InvalidEventId,
@@ -97,7 +96,7 @@ pub(super) fn merge(parts: Replay, epoch: u32) -> VecDeque<Item> {
 pub(crate) enum Resume {
     /// The local history answered (or the resume point is of another epoch): the subscription
     /// is complete.
-    Done(Subscription),
+    Done(Joined),
     /// The subscriber is registered and receives every event delivered from now on; the replay
     /// is up to the caller.
     Pending(Registration),
@@ -145,18 +144,18 @@ impl Registration {
         replay: VecDeque<Item>,
         status: ResumeStatus,
         start_id: EventId,
-    ) -> Subscription {
+    ) -> Joined {
         let queue = self.queue.take().expect("finished once");
         let topics = std::mem::take(&mut self.topics);
-        Subscription::new(
-            self.hub.clone(),
-            self.id,
+        Joined {
+            hub: self.hub.clone(),
+            id: self.id,
             topics,
             queue,
             replay,
             status,
             start_id,
-        )
+        }
     }
 }
 

@@ -2,14 +2,12 @@
 
 use std::time::Duration;
 
-use crate::bus::random_u64;
-
 /// The delay before attempt `attempt` (from 0): doubling from `min` up to `max`, randomised
 /// between half and all of it, so instances do not retry in lockstep.
 pub(super) fn backoff(min: Duration, max: Duration, attempt: u32) -> Duration {
     let factor = 1u32.checked_shl(attempt).unwrap_or(u32::MAX);
     let base = min.checked_mul(factor).unwrap_or(max).min(max);
-    let unit = (random_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    let unit = (crate::random::u64() >> 11) as f64 / (1u64 << 53) as f64;
     base.mul_f64(0.5 + unit / 2.0)
 }
 

@@ -22,7 +22,6 @@ use super::{
     RedisConfig,
 };
 use crate::{
-    bus::random_u64,
     error::{BusError, BusErrorKind},
     event::Event,
     last_event_id::EventId,
@@ -64,7 +63,7 @@ pub async fn with_idempotency_key<F: Future>(key: impl Into<String>, future: F) 
 pub(super) fn idempotency_key() -> String {
     IDEMPOTENCY_KEY
         .try_with(Clone::clone)
-        .unwrap_or_else(|_| format!("{:016x}{:016x}", random_u64(), random_u64()))
+        .unwrap_or_else(|_| format!("{:016x}{:016x}", crate::random::u64(), crate::random::u64()))
 }
 
 /// A connection to publish through.

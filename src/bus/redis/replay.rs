@@ -37,11 +37,9 @@ use super::{
     entries::{Entry, Numbering, Page, PAGE},
     request::unavailable,
 };
+use crate::sync::lock;
 use crate::{
-    bus::{
-        queue::{lock, Item},
-        EncodedEvent, Topic,
-    },
+    bus::{queue::Item, EncodedEvent, Topic},
     error::{BusError, BusErrorKind},
     last_event_id::EventId,
 };

@@ -46,7 +46,8 @@ pub(super) async fn resume_from_cursor<P: Pages>(
     let mut caught_up = false;
     loop {
         let registration = match backend.register(cursor)? {
-            Resume::Done(subscription) => {
+            Resume::Done(joined) => {
+                let subscription = Subscription::from(joined);
                 let stale = subscription.status() == ResumeStatus::Reset(ResetReason::UnknownEpoch);
                 if stale && !caught_up {
                     drop(subscription);
@@ -94,7 +95,7 @@ async fn finish<P: Pages>(
             let status = ResumeStatus::Resumed {
                 replayed: replay.len(),
             };
-            registration.finish(replay, status, cursor)
+            registration.finish(replay, status, cursor).into()
         }
         None => reset(registration, ResetReason::HistoryExpired),
     })
@@ -103,5 +104,7 @@ async fn finish<P: Pages>(
 /// Starts the subscription from the watermark, with a reset saying why.
 fn reset(registration: Registration, reason: ResetReason) -> Subscription {
     let start = EventId::new(registration.epoch(), registration.watermark());
-    registration.finish(VecDeque::new(), ResumeStatus::Reset(reason), start)
+    registration
+        .finish(VecDeque::new(), ResumeStatus::Reset(reason), start)
+        .into()
 }

@@ -9,7 +9,7 @@ use super::{
     request::{millis, timed},
     scripts,
 };
-use crate::{bus::random_u32, last_event_id::EventId};
+use crate::last_event_id::EventId;
 
 /// An epoch and the last sequence number issued in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +41,7 @@ impl State {
 
 /// An epoch for Redis to adopt when it has none.
 pub(super) fn fresh_epoch() -> String {
-    format!("{:08x}", random_u32())
+    format!("{:08x}", crate::random::u32())
 }
 
 /// Reads the state hash `key` within `limit`, starting an epoch when it has none (which expires

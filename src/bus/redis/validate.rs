@@ -59,11 +59,8 @@ use super::{
     envelope::{self, Meta},
     state::State,
 };
-use crate::{
-    bus::{queue::lock, Topic},
-    last_event_id::EventId,
-    STATUS_EVENT,
-};
+use crate::sync::lock;
+use crate::{bus::Topic, last_event_id::EventId, STATUS_EVENT};
 
 /// On one server, how far above the highest sequence number an instance knows Redis issued a
 /// number may be and still be believed without asking Redis.

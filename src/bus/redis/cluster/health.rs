@@ -4,7 +4,8 @@
 use std::sync::atomic::Ordering;
 
 use super::{lane::LaneState, Core};
-use crate::bus::{queue::lock, Health};
+use crate::bus::Health;
+use crate::sync::lock;
 
 impl Core {
     /// Records whether the lane's last sync attempt failed, and why.

@@ -14,7 +14,8 @@ use tokio::{
 };
 
 use super::{lane::Lane, Core};
-use crate::bus::{queue::lock, redis::idle::IdleTopics, Topic};
+use crate::bus::{redis::idle::IdleTopics, Topic};
+use crate::sync::lock;
 
 /// How often the janitor checks the primaries.
 const CHECK_INTERVAL: Duration = Duration::from_secs(5);

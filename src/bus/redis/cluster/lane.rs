@@ -7,11 +7,10 @@ use tokio::sync::watch;
 use super::Core;
 use crate::bus::{
     hub::Hub,
-    queue::lock,
-    random_u32,
     redis::{held::HeldMessages, validate::Checked},
     GapReason, Topic,
 };
+use crate::sync::lock;
 
 /// The most messages, and bytes of them, a lane holds back while it syncs. Past either it
 /// drops them and syncs again: Streams reads them from the stream, Pub/Sub signals a gap.
@@ -113,7 +112,7 @@ impl Core {
             .or_insert_with(|| {
                 Arc::new(Lane {
                     topic: topic.clone(),
-                    hub: Hub::new(random_u32(), false, self.limits),
+                    hub: Hub::new(crate::random::u32(), false, self.limits),
                     state: Mutex::new(LaneState::default()),
                     synced: watch::Sender::new(0),
                 })

@@ -75,10 +75,10 @@ use super::{
     scripts, RedisConfig, SubscribeMode,
 };
 use crate::last_event_id::ResumeFrom;
+use crate::sync::lock;
 use crate::{
     bus::{
         hub::{HubStats, Limits},
-        queue::lock,
         Health, Subscription, Topic,
     },
     error::{BusError, BusErrorKind},

@@ -10,11 +10,9 @@ use super::{
     lane::{hold, Held, LaneState},
     Core,
 };
+use crate::sync::lock;
 use crate::{
-    bus::{
-        queue::lock,
-        redis::validate::{self, Known, Verdict, NEXT},
-    },
+    bus::redis::validate::{self, Known, Verdict, NEXT},
     last_event_id::EventId,
 };
 

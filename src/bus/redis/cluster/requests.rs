@@ -14,7 +14,6 @@ use ::redis::{
 
 use super::Core;
 use crate::bus::{
-    random_u32,
     redis::{
         entries::{read_page, Numbering, Page, Read, StreamKeys},
         publish::Route,
@@ -36,7 +35,7 @@ impl Core {
 
     /// Replaces the topic's epoch `stale` with a new one (`lua/new_epoch.lua`).
     pub(super) async fn start_epoch(&self, topic: &Topic, stale: u32) -> Result<State, String> {
-        let fresh = std::iter::repeat_with(random_u32)
+        let fresh = std::iter::repeat_with(crate::random::u32)
             .find(|&e| e != stale)
             .expect("an endless iterator");
         let key = self.names.state(topic);

@@ -9,10 +9,10 @@ use super::{
     lane::{Interest, Lane},
     Core, Kind, RedisCluster,
 };
+use crate::sync::lock;
 use crate::{
     bus::{
         hub::Resume,
-        queue::lock,
         redis::{
             request::unavailable,
             resume::{resume_from_cursor, Resumable},
@@ -71,7 +71,7 @@ impl RedisCluster {
                 };
                 resume_from_cursor(&resuming, &self.replay, &self.core, &topics, cursor).await
             }
-            (_, cursor) => lane.hub.subscribe(topics, cursor),
+            (_, cursor) => lane.hub.subscribe(topics, cursor).map(Subscription::from),
         }
     }
 }

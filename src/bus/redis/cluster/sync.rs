@@ -10,17 +10,15 @@ use super::{
     Core, Kind,
 };
 use crate::{
-    bus::{
-        queue::lock,
-        redis::{
-            backoff::backoff,
-            entries::PAGE,
-            replay::Pages,
-            state::State,
-            validate::{self, Checked, Rejection},
-        },
+    bus::redis::{
+        backoff::backoff,
+        entries::PAGE,
+        replay::Pages,
+        state::State,
+        validate::{self, Checked, Rejection},
     },
     last_event_id::EventId,
+    sync::lock,
 };
 
 /// Syncs in a row a lane makes for messages held meanwhile before it rejects those that still

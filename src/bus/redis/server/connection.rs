@@ -22,9 +22,9 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::names::Names;
+use crate::sync::lock;
 use crate::{
     bus::{
-        queue::lock,
         redis::{held::HeldMessages, publish::Route, state::State},
         Health, Topic,
     },

@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use tokio::time::Instant;
 
 use crate::{
-    bus::{hub::Hub, random_u32, Published, Topic},
+    bus::{hub::Hub, Published, Topic},
     event::finish_frame,
 };
 
@@ -32,7 +32,7 @@ impl LocalOnly {
         if !self.epoch {
             self.epoch = true;
             let current = hub.epoch();
-            let epoch = std::iter::repeat_with(random_u32)
+            let epoch = std::iter::repeat_with(crate::random::u32)
                 .find(|&e| e != current)
                 .expect("an endless iterator");
             hub.new_epoch(epoch, 0);

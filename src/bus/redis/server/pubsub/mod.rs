@@ -10,11 +10,10 @@ use std::{fmt, sync::Arc};
 use self::receive::Receive;
 use super::{names::Names, supervisor, OneServer, Wiring};
 use crate::last_event_id::{one_position, ResumeFrom};
+use crate::sync::lock;
 use crate::{
     bus::{
         hub::{Hub, Limits},
-        queue::lock,
-        random_u32,
         redis::{publish::Publisher, scripts, RedisConfig, SubscribeMode},
         Published, Subscription, Topic,
     },
@@ -34,7 +33,7 @@ pub(in crate::bus::redis) async fn connect(
     limits: Limits,
 ) -> Result<OneServer<PubSub>, BusError> {
     let hears_all = config.mode == SubscribeMode::Pattern;
-    let hub = Hub::new(random_u32(), hears_all, limits);
+    let hub = Hub::new(crate::random::u32(), hears_all, limits);
     let state_key = Names::new(&config.prefix, "t").state;
     let receive = Receive::new(hub, state_key, config.publish_timeout);
     let conn = supervisor::connect(&config, config.mode, "t", receive.clone()).await?;
@@ -64,7 +63,10 @@ impl Wiring for PubSub {
         topics: Vec<Topic>,
         resume: ResumeFrom,
     ) -> Result<Subscription, BusError> {
-        self.receive.hub.subscribe(topics, one_position(resume))
+        self.receive
+            .hub
+            .subscribe(topics, one_position(resume))
+            .map(Subscription::from)
     }
 }
 

@@ -19,7 +19,6 @@ use bytes::Bytes;
 use super::local::LocalOnly;
 use crate::bus::{
     hub::Hub,
-    queue::lock,
     redis::{
         held::HeldMessages,
         server::connection::Receiver,
@@ -28,6 +27,7 @@ use crate::bus::{
     },
     GapReason, Topic,
 };
+use crate::sync::lock;
 
 /// The most messages, and bytes of them, that wait for a check of the counter. Past either,
 /// they are dropped and subscribers are told of a gap.

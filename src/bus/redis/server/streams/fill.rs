@@ -6,9 +6,9 @@
 use std::collections::VecDeque;
 
 use super::pipeline::Pipeline;
+use crate::sync::lock;
 use crate::{
     bus::{
-        queue::lock,
         redis::{
             entries::{Entry, Page, PAGE},
             replay::Pages,

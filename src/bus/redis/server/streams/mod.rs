@@ -87,7 +87,6 @@ use crate::last_event_id::{one_position, ResumeFrom};
 use crate::{
     bus::{
         hub::{Hub, Limits},
-        random_u32,
         redis::{
             entries::Numbering,
             publish::Publisher,
@@ -145,7 +144,7 @@ pub(in crate::bus::redis) async fn connect(
         queued: queued.clone(),
     });
     let core = Arc::new(Core {
-        hub: Hub::new(random_u32(), false, limits),
+        hub: Hub::new(crate::random::u32(), false, limits),
         gate: Mutex::new(()),
     });
     let conn = supervisor::connect(&config, SubscribeMode::Interest, "n", feed).await?;
@@ -239,7 +238,11 @@ impl Wiring for Streams {
                 resume_from_cursor(&resuming, &self.replay, &self.pages, &topics, cursor).await
             }
             // Fresh, or an id this bus never issues.
-            other => self.core.hub.subscribe(topics, other),
+            other => self
+                .core
+                .hub
+                .subscribe(topics, other)
+                .map(Subscription::from),
         }
     }
 }

@@ -16,9 +16,9 @@ use super::{
     pages::StreamPages,
     Core,
 };
+use crate::sync::lock;
 use crate::{
     bus::{
-        queue::lock,
         redis::{
             envelope::Meta,
             state::{self, State},

@@ -3,10 +3,10 @@
 //! subscribed connection and waiting for the pipeline to deliver up to it.
 
 use super::Streams;
+use crate::sync::lock;
 use crate::{
     bus::{
         hub::Resume,
-        queue::lock,
         redis::{resume::Resumable, state::State},
         Topic,
     },
