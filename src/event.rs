@@ -96,6 +96,15 @@ impl Event {
             .map_err(crate::JsonError::new)
     }
 
+    /// An event of the crate's own type `event`, which starts with the reserved `sse-`.
+    pub(crate) fn reserved(event: &'static str, data: String) -> Self {
+        debug_assert!(event.starts_with(RESERVED_PREFIX));
+        Self {
+            event: Some(event.to_owned()),
+            ..Self::new(data)
+        }
+    }
+
     /// Sets the event type (`event:` field), which browsers dispatch to
     /// `addEventListener(type, ...)` instead of `onmessage`.
     ///

@@ -152,8 +152,8 @@ pub use self::{
     auth::{Authorize, Denied, Grant, InvalidSelector, Selector},
     body::SseBody,
     bus::{
-        Builder, BusStats, EncodedEvent, EventBus, GapReason, Health, Message, Published,
-        ResetReason, ResumeStatus, Subscription, Topic,
+        Builder, BusStats, EncodedEvent, EventBus, GapReason, Health, Message, Presence, Published,
+        ResetReason, ResumeStatus, Subscription, Topic, PRESENCE_EVENT, PRESENCE_SUFFIX,
     },
     error::{BusError, InvalidEvent, InvalidEventId, InvalidTopic},
     event::{Event, STATUS_EVENT},

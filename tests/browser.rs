@@ -360,6 +360,38 @@ fn the_page_records_an_outage_and_resumes_after_a_restart() {
     drop(demo);
 }
 
+/// The page shows how many streams follow each of its topics, on every instance: its own
+/// first, then one more when a stream opens on another instance.
+#[test]
+fn the_page_shows_how_many_streams_follow_each_topic() {
+    let Some(mut browser) = Browser::start() else {
+        return;
+    };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let runtime = runtime();
+    let args = ["--redis", &redis.url()];
+    let (page, other) = (Demo::start(&args), Demo::start(&args));
+    browser.viewport(1100, 900);
+    browser.goto(&format!("http://{}/", page.addr));
+    let count = |n: u32| {
+        format!("document.querySelector('#presence [data-topic=\"demo\"][data-count=\"{n}\"]')")
+    };
+    browser.wait_for("the page's own stream counted", &count(1));
+    let shown = text(&mut browser, "#presence");
+    assert!(
+        shown.contains("on every server") && shown.contains("demo 1"),
+        "{shown}"
+    );
+
+    let stream = runtime.block_on(SseClient::connect(other.addr, "/events/demo", None));
+    assert_eq!(stream.status, 200);
+    browser.wait_for("a stream on the other instance counted", &count(2));
+    assert_eq!(browser.problems(), Vec::<String>::new());
+    drop(stream);
+}
+
 #[test]
 #[ignore = "writes docs/demo.png; run by hand with --ignored"]
 fn screenshot_for_the_readme() {

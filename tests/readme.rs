@@ -1,21 +1,32 @@
 //! The README's framework excerpts are real code: every ```rust block (not `rust,ignore`)
 //! must appear, line by line and in order, in one of the examples (`// ...` marks a cut).
 
-use std::fs;
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
+/// Every `.rs` file under `examples/`, its folders too (the demo is one).
 fn examples() -> Vec<(String, Vec<String>)> {
     let mut files = Vec::new();
-    let mut dirs = vec![std::path::PathBuf::from("examples")];
+    let mut dirs = vec![PathBuf::from("examples")];
     while let Some(dir) = dirs.pop() {
-        for entry in fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                let text = fs::read_to_string(&path).unwrap();
-                let lines = text.lines().map(|l| l.trim_end().to_owned()).collect();
-                files.push((path.display().to_string(), lines));
-            }
+        files.extend(rust_files(&dir, &mut dirs));
+    }
+    files
+}
+
+/// The `.rs` files in `dir`, with their lines; its folders go to `dirs`.
+fn rust_files(dir: &Path, dirs: &mut Vec<PathBuf>) -> Vec<(String, Vec<String>)> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            dirs.push(path);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = fs::read_to_string(&path).unwrap();
+            let lines = text.lines().map(|l| l.trim_end().to_owned()).collect();
+            files.push((path.display().to_string(), lines));
         }
     }
     files

@@ -15,6 +15,9 @@
 //! - `POST /publish/{topic}` with the data as body (`?event=NAME` sets the type): `202` and
 //!   `{"id": "..."}`.
 //! - `GET /healthz`: `200`, or `503` with the reason when the bus backend is not connected.
+//! - `GET /presence/{topic}`: `200` with `{"topic":"t","subscribers":N,"complete":true}`, the
+//!   streams following the topic on every instance (with `--jwt-secret`, the token must allow
+//!   subscribing to it).
 //! - `GET /metrics`: the server's metrics in the Prometheus text format.
 //!
 //! With `--jwt-secret SECRET`, streams and publishes need an HS256 JWT signed with the secret
@@ -31,8 +34,13 @@
 //!   `--max-connections` stays the cap on event streams.
 //! - `--header-read-timeout SECS` (default 30), `--idle-timeout SECS` (default 60),
 //!   `--write-timeout SECS` (default 30).
+//!
+//! And for presence: `--presence-ttl SECS` (default 30, at least 1), how long a killed
+//! instance's streams are still counted on Redis; `--presence-events`, publish `sse-presence`
+//! events on `{topic}@presence` when a topic's streams come and go.
 
 mod options;
+mod presence;
 mod publish;
 mod routes;
 
@@ -48,12 +56,15 @@ use crate::{
 };
 
 async fn build_bus(options: &Options) -> Result<EventBus, String> {
-    let builder = EventBus::builder().max_event_bytes(options.max_event_bytes);
+    let builder = EventBus::builder()
+        .max_event_bytes(options.max_event_bytes)
+        .presence_events(options.presence_events);
     let config = match (&options.redis_cluster, &options.redis) {
         (Some(nodes), _) => Some(RedisConfig::cluster(nodes.clone()).mode(options.redis_mode)),
         (None, Some(url)) => Some(RedisConfig::new(url.clone()).mode(options.redis_mode)),
         (None, None) => None,
     };
+    let config = config.map(|c| c.presence_ttl(options.presence_ttl));
     match (options.backend, config) {
         (Backend::Memory, _) => Ok(builder.memory()),
         (Backend::PubSub, Some(config)) => builder
@@ -158,6 +169,8 @@ async fn run(options: Options) -> Result<(), String> {
     let shutdown = async move {
         shutdown_signal().await;
         bus.shutdown();
+        // This instance's presence counts leave Redis before the process does.
+        bus.closed().await;
     };
     server.serve(listener, service, shutdown).await;
     Ok(())

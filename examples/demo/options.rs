@@ -9,7 +9,7 @@ pub(crate) const USAGE: &str =
 [--redis-cluster URL[,URL...]] [--jwt-secret SECRET] [--max-connections N] \
 [--max-event-bytes N] [--keep-alive SECS] [--redis-mode interest|pattern] \
 [--max-open-connections N] [--header-read-timeout SECS] [--idle-timeout SECS] \
-[--write-timeout SECS]";
+[--write-timeout SECS] [--presence-ttl SECS] [--presence-events]";
 
 #[derive(Debug)]
 pub(crate) struct Options {
@@ -26,6 +26,8 @@ pub(crate) struct Options {
     pub(crate) header_read_timeout: Option<Duration>,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) write_timeout: Option<Duration>,
+    pub(crate) presence_ttl: Duration,
+    pub(crate) presence_events: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +51,8 @@ pub(crate) fn parse_options(mut args: impl Iterator<Item = String>) -> Result<Op
     let mut header_read_timeout = Some(Duration::from_secs(30));
     let mut idle_timeout = Some(Duration::from_secs(60));
     let mut write_timeout = Some(Duration::from_secs(30));
+    let mut presence_ttl = Duration::from_secs(30);
+    let mut presence_events = false;
 
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -57,6 +61,10 @@ pub(crate) fn parse_options(mut args: impl Iterator<Item = String>) -> Result<Op
         };
         if name == "--help" || name == "-h" {
             return Err(USAGE.to_owned());
+        }
+        if name == "--presence-events" {
+            presence_events = true;
+            continue;
         }
         let mut value = || {
             inline
@@ -103,6 +111,11 @@ pub(crate) fn parse_options(mut args: impl Iterator<Item = String>) -> Result<Op
             "--header-read-timeout" => header_read_timeout = timeout(&name, &value()?)?,
             "--idle-timeout" => idle_timeout = timeout(&name, &value()?)?,
             "--write-timeout" => write_timeout = timeout(&name, &value()?)?,
+            "--presence-ttl" => {
+                presence_ttl = timeout(&name, &value()?)?
+                    .filter(|ttl| *ttl >= Duration::from_secs(1))
+                    .ok_or_else(|| format!("{name}: expected at least 1 second"))?
+            }
             _ => return Err(format!("unknown option {arg:?}; {USAGE}")),
         }
     }
@@ -137,6 +150,8 @@ pub(crate) fn parse_options(mut args: impl Iterator<Item = String>) -> Result<Op
         header_read_timeout,
         idle_timeout,
         write_timeout,
+        presence_ttl,
+        presence_events,
     })
 }
 

@@ -66,6 +66,9 @@ pub(crate) async fn handle(
             publish(&bus, &topic, req, &app).await
         }
         (_, "/publish") => text(StatusCode::NOT_FOUND, "publish with POST /publish/{topic}"),
+        (&Method::GET, p) if p.starts_with("/presence/") => {
+            crate::presence::get(&bus, req, &app).await
+        }
         _ => text(StatusCode::NOT_FOUND, "not found"),
     })
 }

@@ -2,7 +2,7 @@
 
 use std::{fmt, future::Future, pin::Pin};
 
-use super::{hub::HubStats, Health, Published, Subscription, Topic};
+use super::{hub::HubStats, presence::PresenceStore, Health, Published, Subscription, Topic};
 use crate::{error::BusError, event::Event, last_event_id::ResumeFrom};
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -27,6 +27,12 @@ pub(crate) trait Backend: fmt::Debug + Send + Sync + 'static {
     /// Refuses new subscriptions, ends open ones, and releases the backend's connections and
     /// tasks.
     fn shutdown(&self);
+
+    /// Where the presence counts of a backend of many instances are shared; `None` when this
+    /// instance is the whole bus.
+    fn presence(&self) -> Option<std::sync::Arc<dyn PresenceStore>> {
+        None
+    }
 
     /// Counts of the local fan-out's state.
     fn stats(&self) -> HubStats;

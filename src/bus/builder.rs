@@ -43,6 +43,7 @@ pub struct Builder {
     pub(crate) replay_events: usize,
     pub(crate) replay_bytes: usize,
     pub(crate) replay_wait: Duration,
+    pub(crate) presence_events: bool,
 }
 
 impl Default for Builder {
@@ -67,6 +68,7 @@ impl Default for Builder {
             replay_events: 10_000,
             replay_bytes: 64 << 20,
             replay_wait: Duration::from_secs(2),
+            presence_events: false,
         }
     }
 }
@@ -154,6 +156,13 @@ impl Builder {
     /// The most topics one subscription may name (default 32).
     pub fn max_topics(mut self, n: usize) -> Self {
         self.max_topics = n.max(1);
+        self
+    }
+
+    /// Publishes an `sse-presence` event to `{topic}@presence` whenever a topic's count of
+    /// subscriptions on this instance changes (default off; see [`presence`](super::presence)).
+    pub fn presence_events(mut self, on: bool) -> Self {
+        self.presence_events = on;
         self
     }
 

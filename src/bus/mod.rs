@@ -9,6 +9,7 @@ pub(crate) mod hub;
 mod janitor;
 mod memory;
 mod outcome;
+pub mod presence;
 pub(crate) mod queue;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -33,6 +34,7 @@ pub(crate) use self::backend::Backend;
 pub use self::{
     builder::Builder,
     outcome::{Health, Published},
+    presence::{Presence, PRESENCE_EVENT, PRESENCE_SUFFIX},
     stats::BusStats,
     status::{GapReason, ResetReason, ResumeStatus},
     subscription::{EncodedEvent, Message, Subscription},
@@ -77,6 +79,8 @@ pub struct EventBus {
 }
 
 struct Inner {
+    /// Dropped first: its tasks withdraw the counts while the backend's connections are up.
+    presence: presence::Tracker,
     backend: Box<dyn Backend>,
     closed: AtomicBool,
     max_event_bytes: usize,
@@ -97,6 +101,7 @@ impl EventBus {
     }
 
     pub(crate) fn from_backend(backend: Box<dyn Backend>, builder: &Builder) -> Self {
+        let presence = presence::Tracker::new(backend.presence(), builder.presence_events);
         Self {
             inner: Arc::new(Inner {
                 backend,
@@ -109,6 +114,7 @@ impl EventBus {
                     builder.replay_wait,
                 ),
                 metrics: crate::metrics::BusMetrics::new(),
+                presence,
             }),
         }
     }
@@ -198,7 +204,22 @@ impl EventBus {
             let permit = self.inner.replay.take(events, bytes).await?;
             subscription.hold_replay_budget(permit);
         }
-        Ok(subscription)
+        let counted = self
+            .inner
+            .presence
+            .enter(subscription.topics(), &self.inner);
+        Ok(subscription.with_guard(Box::new(counted)))
+    }
+
+    /// How many subscriptions `topic` has on every instance of the bus (see [`presence`]).
+    ///
+    /// # Errors
+    ///
+    /// When `topic` is invalid. A count that could not be read from Redis is answered with this
+    /// instance's count, not [complete](Presence::is_complete).
+    pub async fn presence(&self, topic: impl AsRef<str>) -> Result<Presence, BusError> {
+        let topic = Topic::new(topic.as_ref())?;
+        Ok(self.inner.presence.read(topic).await)
     }
 
     /// Validates, sorts and de-duplicates a topic list against the configured maximum.
@@ -242,6 +263,14 @@ impl EventBus {
     pub fn shutdown(&self) {
         self.inner.closed.store(true, Ordering::Release);
         self.inner.backend.shutdown();
+        self.inner.presence.close();
+    }
+
+    /// Completes once [`shutdown`](Self::shutdown) has removed this instance's presence counts
+    /// from where other instances read them (Redis), within the request timeout; at once after
+    /// a shutdown of the in-process bus. Await it before the process exits.
+    pub async fn closed(&self) {
+        self.inner.presence.closed().await;
     }
 
     /// A snapshot of the bus's local state, for monitoring and tests.

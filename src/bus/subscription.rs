@@ -205,10 +205,12 @@ impl Subscription {
     }
 
     /// Attaches a value that lives as long as the subscription (a backend's interest in its
-    /// topics).
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    /// topics, the bus's count of it), besides those attached before.
     pub(crate) fn with_guard(mut self, guard: Box<dyn Send + Sync>) -> Self {
-        self._guard = Some(guard);
+        self._guard = Some(match self._guard.take() {
+            Some(held) => Box::new((held, guard)),
+            None => guard,
+        });
         self
     }
 

@@ -2,13 +2,14 @@
 //! (through [`Publisher`], to the [`Target`] of the topic), and subscribes with an `async fn`
 //! whose future is boxed here, once.
 
-use std::{fmt, future::Future};
+use std::{fmt, future::Future, sync::Arc};
 
 use super::publish::{Publisher, Route, Target};
 use crate::{
     bus::{
         backend::{Backend, BoxFuture},
         hub::HubStats,
+        presence::PresenceStore,
         Health, Published, Subscription, Topic,
     },
     error::BusError,
@@ -45,6 +46,9 @@ pub(super) trait RedisBackend: fmt::Debug + Send + Sync + 'static {
     fn shutdown(&self);
 
     fn stats(&self) -> HubStats;
+
+    /// Where the instances' presence counts are kept.
+    fn presence(&self) -> Arc<dyn PresenceStore>;
 }
 
 impl<T: RedisBackend> Backend for T {
@@ -80,5 +84,9 @@ impl<T: RedisBackend> Backend for T {
 
     fn stats(&self) -> HubStats {
         RedisBackend::stats(self)
+    }
+
+    fn presence(&self) -> Option<Arc<dyn PresenceStore>> {
+        Some(RedisBackend::presence(self))
     }
 }

@@ -69,6 +69,7 @@ pub struct RedisConfig {
     pub(crate) notification_backlog: usize,
     pub(crate) replicas: usize,
     pub(crate) replica_timeout: Duration,
+    pub(crate) presence_ttl: Duration,
 }
 
 impl RedisConfig {
@@ -97,6 +98,7 @@ impl RedisConfig {
             notification_backlog: 8_192,
             replicas: 0,
             replica_timeout: Duration::from_millis(100),
+            presence_ttl: Duration::from_secs(30),
         }
     }
 
@@ -259,6 +261,15 @@ impl RedisConfig {
         self
     }
 
+    /// How long an instance's presence counts stay in Redis without being written again
+    /// (default 30 s, at least 1 s): the subscribers of an instance that was killed stop being
+    /// counted within this time. Each instance writes its counts again every third of it. Give
+    /// every instance sharing a prefix the same value. See [presence](crate::bus::presence).
+    pub fn presence_ttl(mut self, ttl: Duration) -> Self {
+        self.presence_ttl = ttl.max(Duration::from_secs(1));
+        self
+    }
+
     /// The idle TTL the backends apply: never below the maximum age.
     pub(crate) fn idle_ttl(&self) -> Duration {
         self.stream_idle_ttl.max(self.stream_max_age)
@@ -286,6 +297,7 @@ impl fmt::Debug for RedisConfig {
             .field("notification_backlog", &self.notification_backlog)
             .field("replicas", &self.replicas)
             .field("replica_timeout", &self.replica_timeout)
+            .field("presence_ttl", &self.presence_ttl)
             .finish()
     }
 }

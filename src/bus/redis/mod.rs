@@ -155,6 +155,7 @@ mod entries;
 mod envelope;
 mod held;
 mod idle;
+mod presence;
 mod publish;
 mod replay;
 mod request;

@@ -69,6 +69,7 @@ use super::{
     backend::RedisBackend,
     config::redacted_url,
     entries::Numbering,
+    presence::{Layout, RedisPresence},
     publish::{idempotency_key, Publisher, Target},
     replay::Replay,
     request::unavailable,
@@ -79,6 +80,7 @@ use crate::sync::lock;
 use crate::{
     bus::{
         hub::{HubStats, Limits},
+        presence::PresenceStore,
         Health, Subscription, Topic,
     },
     error::{BusError, BusErrorKind},
@@ -100,6 +102,7 @@ pub(super) struct RedisCluster {
     /// Carries the bus's shut-down state; topics have hubs of their own.
     publisher: Publisher,
     replay: Replay,
+    presence: Arc<RedisPresence<Core>>,
 }
 
 /// What the backend, the lanes' tasks and the push callback share.
@@ -154,7 +157,9 @@ impl RedisCluster {
             Kind::PubSub => (&*scripts::CLUSTER_PUBSUB, false),
             Kind::Streams => (&*scripts::CLUSTER_STREAMS, true),
         };
+        let presence = RedisPresence::new(core.clone(), &config, Layout::Cluster);
         Ok(Self {
+            presence: Arc::new(presence),
             core,
             publisher: Publisher::new(script, &config, stores),
             replay: Replay::new(
@@ -314,6 +319,10 @@ impl RedisBackend for RedisCluster {
             total.history_bytes += stats.history_bytes;
         }
         total
+    }
+
+    fn presence(&self) -> Arc<dyn PresenceStore> {
+        self.presence.clone()
     }
 }
 

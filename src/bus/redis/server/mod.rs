@@ -11,16 +11,19 @@ pub(super) mod pubsub;
 pub(super) mod streams;
 mod supervisor;
 
-use std::{fmt, future::Future};
+use std::{fmt, future::Future, sync::Arc};
 
 use self::connection::{Handle, Shared};
 use crate::{bus::hub::HubStats, last_event_id::ResumeFrom};
 use crate::{
     bus::{
         hub::Hub,
+        presence::PresenceStore,
         redis::{
             backend::RedisBackend,
+            presence::{Layout, RedisPresence},
             publish::{Publisher, Target},
+            RedisConfig,
         },
         Health, Published, Subscription, Topic,
     },
@@ -53,15 +56,18 @@ pub(super) struct OneServer<W> {
     hub: Hub,
     publisher: Publisher,
     wiring: W,
+    presence: Arc<RedisPresence<Shared>>,
 }
 
 impl<W: Wiring> OneServer<W> {
-    fn new(conn: Handle, hub: Hub, publisher: Publisher, wiring: W) -> Self {
+    fn new(conn: Handle, hub: Hub, publisher: Publisher, wiring: W, config: &RedisConfig) -> Self {
+        let presence = RedisPresence::new(conn.shared(), config, Layout::OneServer);
         Self {
             conn,
             hub,
             publisher,
             wiring,
+            presence: Arc::new(presence),
         }
     }
 }
@@ -118,6 +124,10 @@ impl<W: Wiring> RedisBackend for OneServer<W> {
 
     fn stats(&self) -> HubStats {
         self.hub.stats()
+    }
+
+    fn presence(&self) -> Arc<dyn PresenceStore> {
+        self.presence.clone()
     }
 }
 

@@ -43,7 +43,7 @@ pub(in crate::bus::redis) async fn connect(
         receive,
         mode: config.mode,
     };
-    Ok(OneServer::new(conn, hub, publisher, wiring))
+    Ok(OneServer::new(conn, hub, publisher, wiring, &config))
 }
 
 impl Wiring for PubSub {

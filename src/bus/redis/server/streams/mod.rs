@@ -177,7 +177,7 @@ pub(in crate::bus::redis) async fn connect(
     };
     // The first connection's state is on its way through the pipeline.
     wiring.wait_for_pipeline(None).await?;
-    Ok(OneServer::new(conn, hub, publisher, wiring))
+    Ok(OneServer::new(conn, hub, publisher, wiring, &config))
 }
 
 impl Streams {
