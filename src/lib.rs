@@ -137,6 +137,7 @@ mod limit;
 pub mod metrics;
 #[cfg(not(feature = "metrics"))]
 mod metrics;
+mod publish;
 mod query;
 mod random;
 mod route;
@@ -161,6 +162,7 @@ pub use self::{
     handler::{StreamError, Streams},
     last_event_id::{Cursor, EventId},
     layer::SseLayer,
+    publish::PublishService,
     route::last_event_id,
     service::{Sse, SseService},
     stream::{EventStream, Mapped},

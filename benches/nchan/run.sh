@@ -5,11 +5,27 @@
 #
 #   nice -n -10 benches/nchan/run.sh [SUITE...]     # default: main idle
 #
-# Suites (each run: Nchan first, then the demo):
-#   main    2 instances on one Redis, 200 subscribers split over both, 2 000 events at 1 000/s
-#           published alternately to both; RUNS times (default 5)
-#   idle    memory per idle connection, 5 000 connections on one instance; IDLE_RUNS times
-#           (default 3)
+# Suites (each run: Nchan first, then the floor where it takes part, then the demo):
+#   main      2 instances on one Redis, 200 subscribers split over both, 2 000 events at 1 000/s
+#             published alternately to both; RUNS times (default 5)
+#   lowrate   the common workload: 2 000 subscribers of one topic, 100 events at 20/s, so every
+#             delivery is its own write; 2 instances (the floor: 1); RUNS times
+#   topics    2 000 topics with one subscriber each, 1 000 events at 100/s; 2 instances (the
+#             floor: 1); RUNS times
+#   sparse    2 000 topics with one subscriber each, 1 200 events at 20/s (60 s, mostly idle);
+#             2 instances; SPARSE_RUNS times (default 3)
+#   idle      5 000 idle connections on one instance, memory per connection; IDLE_RUNS times
+#             (default 3)
+#   idle10k   10 000 idle streams on one instance held for HOLD_MS (default 30 000): server CPU
+#             per second and memory per stream; the floor too; IDLE_RUNS times
+#   idlemax   19 000 idle streams on one demo instance (the most this machine's hard limit of
+#             20 000 descriptors per process allows), held for HOLD_MS; demo only; IDLE_RUNS times
+#   before    the main scenario with an older demo build ($OLD_DEMO) and this one, side by side
+#             (no Nchan); RUNS times
+#
+# The floor (../shared/floor: one send(2) per delivery, nothing else) is built from FLOOR_SRC
+# (default ../shared/floor) into target/floor-src; it is one instance with no Redis, so every
+# publish goes to it.
 #
 # Nchan: two independent nginx instances (each its own master and one worker, own prefix, pid
 # file and temp directories under a mktemp directory, on free 127.0.0.1 ports), configured from
@@ -27,6 +43,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-5}
 IDLE_RUNS=${IDLE_RUNS:-3}
+SPARSE_RUNS=${SPARSE_RUNS:-3}
+HOLD_MS=${HOLD_MS:-30000}
+FLOOR_SRC=${FLOOR_SRC:-../shared/floor}
 REDIS_PORT=${REDIS_PORT:-6394}
 RESULTS=${RESULTS:-benches/results}
 NCHAN_MODULE=${NCHAN_MODULE:-/usr/lib/nginx/modules/ngx_nchan_module.so}
@@ -50,6 +69,14 @@ BIN=${CARGO_TARGET_DIR:-target}/release/examples
 DEMO=${DEMO:-$BIN/demo}
 mkdir -p "$RESULTS"
 OUT=$RESULTS/nchan.jsonl
+
+# The floor, built outside this workspace from its own sources.
+FLOOR=target/floor-src/target/release/floor
+if [[ " ${SUITES[*]} " =~ \ (lowrate|topics|idle10k)\  ]]; then
+    rm -rf target/floor-src
+    cp -r "$FLOOR_SRC" target/floor-src
+    cargo build --release --manifest-path target/floor-src/Cargo.toml >&2
+fi
 
 WORK=$(mktemp -d /tmp/nchan-bench.XXXXXX)
 REDIS_PID=
@@ -160,6 +187,21 @@ nchan_run() { # INSTANCES [OPTIONS...]
     fi
 }
 
+# The floor: one instance, started afresh for every run like the others.
+floor_run() { # [OPTIONS...]
+    local port pid
+    port=$(free_ports 1)
+    "$FLOOR" --port "$port" >"$WORK/floor.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        sleep 0.1
+    done
+    loadgen --label floor --target "http://127.0.0.1:$port" --pids "$pid" "$@"
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
 demo_run() { # INSTANCES [OPTIONS...]
     local n=$1
     shift
@@ -169,8 +211,9 @@ demo_run() { # INSTANCES [OPTIONS...]
 
 for suite in "${SUITES[@]}"; do
     case $suite in
-    main) runs=$RUNS ;;
-    idle) runs=$IDLE_RUNS ;;
+    main | lowrate | topics | before) runs=$RUNS ;;
+    sparse) runs=$SPARSE_RUNS ;;
+    idle | idle10k | idlemax) runs=$IDLE_RUNS ;;
     *)
         echo "nchan: unknown suite $suite" >&2
         exit 2
@@ -184,9 +227,41 @@ for suite in "${SUITES[@]}"; do
             nchan_run 2 "${reference[@]}"
             demo_run 2 "${reference[@]}"
             ;;
+        lowrate)
+            lowrate=(--scenario fanout --subscribers 2000 --events 100 --rate 20)
+            nchan_run 2 "${lowrate[@]}"
+            floor_run "${lowrate[@]}"
+            demo_run 2 "${lowrate[@]}"
+            ;;
+        topics)
+            topics=(--scenario topics --subscribers 2000 --events 1000 --rate 100)
+            nchan_run 2 "${topics[@]}"
+            floor_run "${topics[@]}"
+            demo_run 2 "${topics[@]}"
+            ;;
+        sparse)
+            sparse=(--scenario topics --subscribers 2000 --events 1200 --rate 20)
+            nchan_run 2 "${sparse[@]}"
+            demo_run 2 "${sparse[@]}"
+            ;;
         idle)
             nchan_run 1 --scenario idle --subscribers 5000
             demo_run 1 --scenario idle --subscribers 5000
+            ;;
+        idle10k)
+            idle10k=(--scenario idle --subscribers 10000 --hold-ms "$HOLD_MS")
+            nchan_run 1 "${idle10k[@]}"
+            floor_run "${idle10k[@]}"
+            demo_run 1 "${idle10k[@]}"
+            ;;
+        idlemax)
+            demo_run 1 --scenario idle --subscribers 19000 --hold-ms "$HOLD_MS"
+            ;;
+        before)
+            [ -x "${OLD_DEMO:-}" ] || { echo "nchan: OLD_DEMO is not an executable" >&2; exit 2; }
+            loadgen --label before-after --spawn-demo "$OLD_DEMO" --spawn-demo "$DEMO" \
+                --instances 2 --backend pubsub --redis "$REDIS" \
+                --scenario fanout --subscribers 200 --events 2000 --rate 1000
             ;;
         esac
     done

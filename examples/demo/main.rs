@@ -41,14 +41,13 @@
 
 mod options;
 mod presence;
-mod publish;
 mod routes;
 
 use std::{process::ExitCode, time::Duration};
 
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tower::ServiceBuilder;
-use tower_sse::{server::Server, EventBus, JwtPolicy, RedisConfig, SseLayer};
+use tower_sse::{server::Server, EventBus, JwtPolicy, PublishService, RedisConfig, SseLayer};
 
 use crate::{
     options::{parse_options, Backend, Options},
@@ -135,8 +134,13 @@ async fn run(options: Options) -> Result<(), String> {
         Some(policy) => layer.authorize(policy.clone()),
         None => layer.public(),
     };
+    let publish = PublishService::new(bus.clone());
+    let publish = match &policy {
+        Some(policy) => publish.authorize(policy.clone()),
+        None => publish.public(),
+    };
     let app = App {
-        max_event_bytes: options.max_event_bytes,
+        publish,
         policy,
         metrics,
     };
@@ -164,6 +168,8 @@ async fn run(options: Options) -> Result<(), String> {
         Some(max) => server.max_connections(max),
         None => server,
     };
+    // Tuning knob for load tests: `TOWER_SSE_NODELAY=0` leaves Nagle's algorithm on.
+    let server = server.nodelay(std::env::var("TOWER_SSE_NODELAY").as_deref() != Ok("0"));
     // On SIGINT or SIGTERM: stop accepting and end every open stream (clients reconnect
     // elsewhere); the server then lets connections finish, for 5 s at most.
     let shutdown = async move {

@@ -1,5 +1,5 @@
 //! The demo's own routes (the layer answers `/events...`): the page, health, metrics, and
-//! publishing.
+//! publishing through the library's `PublishService`.
 
 use std::convert::Infallible;
 
@@ -8,18 +8,17 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
-use percent_encoding::percent_decode_str;
-use tower_sse::{EventBus, JwtPolicy};
-
-use crate::publish::publish;
+use tower::ServiceExt;
+use tower_sse::{EventBus, JwtPolicy, PublishService};
 
 const PAGE: &str = include_str!("page.html");
 
 /// What the handlers share.
 #[derive(Clone)]
 pub(crate) struct App {
-    pub(crate) max_event_bytes: usize,
-    /// Who may publish where (with `--jwt-secret`).
+    /// `POST /publish/{topic}`, with the same policy as the streams.
+    pub(crate) publish: PublishService,
+    /// Who may read presence counts (with `--jwt-secret`).
     pub(crate) policy: Option<JwtPolicy>,
     pub(crate) metrics: PrometheusHandle,
 }
@@ -61,10 +60,10 @@ pub(crate) async fn handle(
             );
             r
         }
-        (&Method::POST, p) if p.starts_with("/publish/") => {
-            let topic = percent_decode_str(&p["/publish/".len()..]).decode_utf8_lossy();
-            publish(&bus, &topic, req, &app).await
-        }
+        (_, p) if p.starts_with("/publish/") => match app.publish.oneshot(req).await {
+            Ok(answer) => answer,
+            Err(never) => match never {},
+        },
         (_, "/publish") => text(StatusCode::NOT_FOUND, "publish with POST /publish/{topic}"),
         (&Method::GET, p) if p.starts_with("/presence/") => {
             crate::presence::get(&bus, req, &app).await

@@ -309,11 +309,16 @@ impl Grant {
 /// Any policy, with its answers boxed: what a route keeps.
 trait Erased: Send + Sync + 'static {
     fn subscribe(&self, request: &Parts, topics: &[Topic]) -> BoxAnswer<Grant>;
+    fn publish(&self, request: &Parts, topic: &Topic) -> BoxAnswer<()>;
 }
 
 impl<A: Authorize> Erased for A {
     fn subscribe(&self, request: &Parts, topics: &[Topic]) -> BoxAnswer<Grant> {
         Box::pin(Authorize::subscribe(self, request, topics))
+    }
+
+    fn publish(&self, request: &Parts, topic: &Topic) -> BoxAnswer<()> {
+        Box::pin(Authorize::publish(self, request, topic))
     }
 }
 
@@ -328,6 +333,10 @@ impl Policy {
 
     pub(crate) fn subscribe(&self, request: &Parts, topics: &[Topic]) -> BoxAnswer<Grant> {
         self.0.subscribe(request, topics)
+    }
+
+    pub(crate) fn publish(&self, request: &Parts, topic: &Topic) -> BoxAnswer<()> {
+        self.0.publish(request, topic)
     }
 }
 

@@ -273,6 +273,11 @@ impl EventBus {
         self.inner.presence.closed().await;
     }
 
+    /// The largest event data [`publish`](Self::publish) accepts, in bytes.
+    pub fn max_event_bytes(&self) -> usize {
+        self.inner.max_event_bytes
+    }
+
     /// A snapshot of the bus's local state, for monitoring and tests.
     pub fn stats(&self) -> BusStats {
         let hub = self.inner.backend.stats();
