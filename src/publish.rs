@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use tower_service::Service;
 
 use crate::{
-    auth::{Authorize, Policy},
+    auth::{Authorize, Denied, Policy},
     bus::{EventBus, Published, Topic},
     event::Event,
     query::{percent_decode, query_value},
@@ -119,7 +119,7 @@ where
         Box::pin(async move {
             Ok(match this.publish(request).await {
                 Ok(published) => accepted(&published),
-                Err(refused) => refused,
+                Err(refused) => refused.into_response(),
             })
         })
     }
@@ -127,8 +127,37 @@ where
 
 type Answer = Response<Full<Bytes>>;
 
+/// Why a publish was refused.
+enum Refused {
+    /// Not a `POST`.
+    Method,
+    /// The policy said no.
+    Denied(Denied),
+    /// Anything else: a status and a message for the client.
+    Status(StatusCode, String),
+}
+
+impl Refused {
+    fn into_response(self) -> Answer {
+        match self {
+            Self::Method => {
+                let mut answer = text(StatusCode::METHOD_NOT_ALLOWED, "publish with POST");
+                let allow = HeaderValue::from_static("POST");
+                answer.headers_mut().insert(header::ALLOW, allow);
+                answer
+            }
+            Self::Denied(denied) => denied.into_response(),
+            Self::Status(status, message) => text(status, &message),
+        }
+    }
+}
+
+fn bad_request(message: impl fmt::Display) -> Refused {
+    Refused::Status(StatusCode::BAD_REQUEST, message.to_string())
+}
+
 impl PublishService {
-    async fn publish<B>(&self, request: Request<B>) -> Result<Published, Answer>
+    async fn publish<B>(&self, request: Request<B>) -> Result<Published, Refused>
     where
         B: Body + Send + 'static,
         B::Data: Send,
@@ -141,43 +170,36 @@ impl PublishService {
         self.bus
             .publish(topic, event)
             .await
-            .map_err(|e| text(e.status_code(), &e.to_string()))
+            .map_err(|e| Refused::Status(e.status_code(), e.to_string()))
     }
 
     /// The topic in the request's path, for a `POST`.
-    fn topic(&self, parts: &Parts) -> Result<Topic, Answer> {
+    fn topic(&self, parts: &Parts) -> Result<Topic, Refused> {
         if parts.method != Method::POST {
-            let mut answer = text(StatusCode::METHOD_NOT_ALLOWED, "publish with POST");
-            answer
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST"));
-            return Err(answer);
+            return Err(Refused::Method);
         }
         let Some(raw) = parts.uri.path().strip_prefix(&*self.path) else {
             let message = format!("publish with POST {}{{topic}}", self.path);
-            return Err(text(StatusCode::NOT_FOUND, &message));
+            return Err(Refused::Status(StatusCode::NOT_FOUND, message));
         };
-        let name = percent_decode(raw);
-        Topic::new(name.as_ref()).map_err(|e| text(StatusCode::BAD_REQUEST, &e.to_string()))
+        Topic::new(percent_decode(raw).as_ref()).map_err(bad_request)
     }
 
-    async fn check(&self, parts: &Parts, topic: &Topic) -> Result<(), Answer> {
+    async fn check(&self, parts: &Parts, topic: &Topic) -> Result<(), Refused> {
         match &self.access {
             Access::Public => Ok(()),
-            Access::Policy(policy) => policy
-                .publish(parts, topic)
-                .await
-                .map_err(|denied| denied.into_response()),
-            Access::Closed => Err(text(
+            Access::Policy(policy) => policy.publish(parts, topic).await.map_err(Refused::Denied),
+            Access::Closed => Err(Refused::Status(
                 StatusCode::FORBIDDEN,
                 "publishing is closed: the service has no policy \
-                 (PublishService::authorize or PublishService::public)",
+                 (PublishService::authorize or PublishService::public)"
+                    .to_owned(),
             )),
         }
     }
 
     /// The body as text, within the bus's limit.
-    async fn read<B>(&self, body: B) -> Result<String, Answer>
+    async fn read<B>(&self, body: B) -> Result<String, Refused>
     where
         B: Body + Send + 'static,
         B::Data: Send,
@@ -188,25 +210,19 @@ impl PublishService {
             Ok(collected) => collected.to_bytes(),
             Err(e) if e.is::<LengthLimitError>() => {
                 let message = format!("event data is larger than the limit of {max} bytes");
-                return Err(text(StatusCode::PAYLOAD_TOO_LARGE, &message));
+                return Err(Refused::Status(StatusCode::PAYLOAD_TOO_LARGE, message));
             }
-            Err(e) => {
-                let message = format!("cannot read the body: {e}");
-                return Err(text(StatusCode::BAD_REQUEST, &message));
-            }
+            Err(e) => return Err(bad_request(format_args!("cannot read the body: {e}"))),
         };
-        String::from_utf8(bytes.into())
-            .map_err(|_| text(StatusCode::BAD_REQUEST, "event data must be UTF-8 text"))
+        String::from_utf8(bytes.into()).map_err(|_| bad_request("event data must be UTF-8 text"))
     }
 }
 
 /// The event: `data`, and the type from the query parameter `event`, if any.
-fn event(parts: &Parts, data: String) -> Result<Event, Answer> {
+fn event(parts: &Parts, data: String) -> Result<Event, Refused> {
     let event = Event::new(data);
     match query_value(&parts.uri, "event") {
-        Some(kind) => event
-            .event(kind)
-            .map_err(|e| text(StatusCode::BAD_REQUEST, &e.to_string())),
+        Some(kind) => event.event(kind).map_err(bad_request),
         None => Ok(event),
     }
 }
