@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Medians of the load bench's runs, and a plot of how cost grows with the subscriber count.
 
-Reads the JSON lines examples/loadgen.rs printed into benches/results/*.jsonl (written by
-benches/run-load.sh), prints one Markdown table per results file with the median of the runs of
-each configuration, and writes benches/results/scaling.svg: p99 latency and server CPU per
-delivery against the number of subscribers (from subs.jsonl), one line per server.
+Reads the JSON lines the load generator (benches/tools) printed into benches/results/*.jsonl
+(written by benches/run-load.sh), prints one Markdown table per results file with the median of
+the runs of each configuration, and writes benches/results/scaling.svg: p99 latency and server
+CPU per delivery against the number of subscribers (from subs.jsonl), one line per server.
 
     python3 benches/plot.py [RESULTS_DIR] [--since UNIX_TIME] [--tag TAG]
 

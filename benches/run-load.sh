@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The load bench: drives the demo server (and the baseline server) over HTTP on loopback with
-# examples/loadgen.rs and appends one JSON line per run to benches/results/*.jsonl.
+# the load generator (benches/tools, binary `loadgen`) and appends one JSON line per run to benches/results/*.jsonl.
 #
 #   benches/run-load.sh [SUITE...]       # default: main subs topics idle resume
 #
@@ -38,8 +38,9 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 10100 ]; then
     echo "run-load: only $(ulimit -n) file descriptors; the 10 000-connection runs will fail" >&2
 fi
 
-cargo build --release --example demo --example baseline --example loadgen >&2
-BIN=target/release/examples
+cargo build --release --example demo >&2
+cargo build --release -p tower-sse-bench >&2
+BIN=${CARGO_TARGET_DIR:-target}/release
 mkdir -p "$RESULTS"
 
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
@@ -68,8 +69,8 @@ loadgen() {
     sleep 1
 }
 
-demo=(--spawn-demo "$BIN/demo")
-both=(--spawn-demo "$BIN/demo" --spawn-baseline "$BIN/baseline")
+demo=(--spawn-demo "$BIN/examples/demo")
+both=(--spawn-demo "$BIN/examples/demo" --spawn-baseline "$BIN/baseline")
 
 for suite in "${SUITES[@]}"; do
     for run in $(seq "$RUNS"); do

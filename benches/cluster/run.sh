@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo on a Redis Cluster (sharded Pub/Sub per topic) against the demo on a single Redis,
 # interleaved: the reference scenario of benches/run-load.sh driven by the same load generator
-# (examples/loadgen.rs), one JSON line per run appended to benches/results/cluster.jsonl.
+# (benches/tools, binary `loadgen`), one JSON line per run appended to benches/results/cluster.jsonl.
 #
 #   nice -n -10 benches/cluster/run.sh
 #
@@ -48,8 +48,9 @@ for port in "${PORTS[@]}" "$REDIS_PORT"; do
     fi
 done
 
-cargo build --release --example demo --example loadgen >&2
-BIN=${CARGO_TARGET_DIR:-target}/release/examples
+cargo build --release --example demo >&2
+cargo build --release -p tower-sse-bench >&2
+BIN=${CARGO_TARGET_DIR:-target}/release
 mkdir -p "$RESULTS"
 OUT=$RESULTS/cluster.jsonl
 
@@ -172,7 +173,7 @@ for run in $(seq "$RUNS"); do
         esac
         for backend in "${BACKENDS[@]}"; do
             before=$(cluster_ticks)
-            loadgen --label "cluster-$backend$suffix" --spawn-demo "$BIN/demo" \
+            loadgen --label "cluster-$backend$suffix" --spawn-demo "$BIN/examples/demo" \
                 --backend "$backend" --server-arg --redis-cluster --server-arg "$CLUSTER" \
                 "${options[@]}"
             after=$(cluster_ticks)
@@ -180,7 +181,7 @@ for run in $(seq "$RUNS"); do
                 'BEGIN {printf "%.2f", t / hz}') s of CPU (including the 1 s pause after" \
                 "the run)" >&2
         done
-        loadgen --label "single-pubsub$suffix" --spawn-demo "$BIN/demo" --backend pubsub \
+        loadgen --label "single-pubsub$suffix" --spawn-demo "$BIN/examples/demo" --backend pubsub \
             --redis "$REDIS" --redis-pid "$REDIS_PID" "${options[@]}"
     done
 done

@@ -33,8 +33,9 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 WORK=$(mktemp -d /tmp/hyper-idle.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 
-cargo build --release --example demo --example loadgen >&2
-BIN=${CARGO_TARGET_DIR:-target}/release/examples
+cargo build --release --example demo >&2
+cargo build --release -p tower-sse-bench >&2
+BIN=${CARGO_TARGET_DIR:-target}/release
 
 HYPER=$(cargo metadata --format-version 1 | python3 -c '
 import json, sys
@@ -52,7 +53,7 @@ for run in $(seq "$RUNS"); do
     echo "== run $run of $RUNS" >&2
     for build in stock patched; do
         case $build in
-            stock) demo=$BIN/demo ;;
+            stock) demo=$BIN/examples/demo ;;
             patched) demo=$WORK/target/release/examples/demo ;;
         esac
         "$BIN/loadgen" --label "$build" --scenario idle --spawn-demo "$demo" --instances 1 \

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # nginx + Nchan against the demo server on the same machine, interleaved: the reference scenario
 # and the idle-memory scenario of benches/run-load.sh, driven by the same load generator
-# (examples/loadgen.rs), one JSON line per run appended to benches/results/nchan.jsonl.
+# (benches/tools, binary `loadgen`), one JSON line per run appended to benches/results/nchan.jsonl.
 #
 #   nice -n -10 benches/nchan/run.sh [SUITE...]     # default: main idle
 #
@@ -64,9 +64,10 @@ fi
 command -v nginx >/dev/null || { echo "nchan: no nginx (apt-get install libnginx-mod-nchan)" >&2; exit 1; }
 [ -f "$NCHAN_MODULE" ] || { echo "nchan: no Nchan module at $NCHAN_MODULE" >&2; exit 1; }
 
-cargo build --release --example demo --example loadgen >&2
-BIN=${CARGO_TARGET_DIR:-target}/release/examples
-DEMO=${DEMO:-$BIN/demo}
+cargo build --release --example demo >&2
+cargo build --release -p tower-sse-bench >&2
+BIN=${CARGO_TARGET_DIR:-target}/release
+DEMO=${DEMO:-$BIN/examples/demo}
 mkdir -p "$RESULTS"
 OUT=$RESULTS/nchan.jsonl
 

@@ -14,7 +14,7 @@
 //! - `GET /healthz`: `200`.
 //!
 //! ```text
-//! cargo run --release --example baseline -- --listen 127.0.0.1:3100 --redis redis://127.0.0.1:6390
+//! cargo run --release -p tower-sse-bench --bin baseline -- --listen 127.0.0.1:3100 --redis redis://127.0.0.1:6390
 //! ```
 //!
 //! Options: `--listen ADDR` (default `127.0.0.1:3000`), `--redis URL` (without it, or with
