@@ -89,6 +89,9 @@ struct State {
     /// A backlog was reported by `push` and not yet found gone by `check_stall`.
     reported: bool,
     waker: Option<Waker>,
+    /// The consumer is writing a backlog at its own pace and asked to be woken only once the
+    /// queue holds this many bytes (or half its items), not by every push.
+    wake_mark: Option<usize>,
     end: Option<End>,
 }
 
@@ -106,6 +109,7 @@ impl Queue {
                 waiting: None,
                 reported: false,
                 waker: None,
+                wake_mark: None,
                 end: None,
             }),
         }
@@ -135,12 +139,33 @@ impl Queue {
             state.items.push_back(item);
         }
         let accepted = state.end.is_none();
-        let waker = state.waker.take();
+        let waker = if accepted && state.wake_mark.is_some() && !state.at_mark() {
+            None
+        } else {
+            state.waker.take()
+        };
         drop(state);
         if let Some(waker) = waker {
             waker.wake();
         }
         accepted.then_some(report)
+    }
+
+    /// For a consumer that waits on purpose (a write delay) with items possibly queued: returns
+    /// whether the queue already holds `bytes` bytes or half its items; if not, `cx` is woken
+    /// when it does (or the queue ends), not by every push. The next
+    /// [`poll_drain`](Self::poll_drain) that waits asks for every push again.
+    pub(crate) fn wake_at(&self, cx: &mut Context<'_>, bytes: usize) -> bool {
+        let mut state = lock(&self.state);
+        state.wake_mark = Some(bytes);
+        if state.at_mark() || state.end.is_some() {
+            return true;
+        }
+        match &mut state.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        false
     }
 
     /// Ends the queue if its consumer has taken nothing for the stall timeout while items
@@ -229,6 +254,7 @@ impl Queue {
         if let Some(end) = state.end {
             return Poll::Ready(Err(end));
         }
+        state.wake_mark = None;
         match &mut state.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
             slot => *slot = Some(cx.waker().clone()),
@@ -243,6 +269,12 @@ impl Queue {
 }
 
 impl State {
+    /// Whether the queue holds its consumer's wake mark in bytes, or half its items.
+    fn at_mark(&self) -> bool {
+        let mark = self.wake_mark.unwrap_or(0);
+        self.bytes >= mark || self.items.len() >= self.limits.items.div_ceil(2)
+    }
+
     /// Why `item` cannot be queued, if it cannot.
     fn refuses(&self, item: &Item, push: Push) -> Option<End> {
         if self.items.is_empty() {

@@ -158,6 +158,17 @@ impl Subscription {
         }
     }
 
+    /// For a consumer holding back on purpose (the write delay): whether events worth `bytes`
+    /// (or half a queue) are waiting; if not, `cx` is woken once they are. See
+    /// [`Queue::wake_at`].
+    pub(crate) fn wake_at(&mut self, cx: &mut Context<'_>, bytes: usize) -> bool {
+        let mut any = false;
+        for part in self.parts_mut() {
+            any |= !part.pending.is_empty() || part.queue.wake_at(cx, bytes);
+        }
+        any
+    }
+
     /// Sets how long the consumer may take nothing while events wait before the subscription
     /// ends as [`Message::Stalled`].
     pub(crate) fn set_stall_timeout(&mut self, timeout: Duration) {

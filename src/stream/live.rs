@@ -83,10 +83,14 @@ impl Live {
         // Frames held back by the write delay come first.
         let mut chunk = self.held.take().unwrap_or_default();
         let hold_until = self.hold_until();
-        let holding = hold_until.is_some_and(|until| clock.now() < until);
+        let mut holding = hold_until.is_some_and(|until| clock.now() < until);
         let had_held = !chunk.is_empty();
         // While frames are held (or the stream is busy), the subscription is not polled: events
-        // published meanwhile are picked up when the delay is over.
+        // published meanwhile are picked up when the delay is over, unless a chunk's worth
+        // (or half the queue) is waiting before that: then they go out at once.
+        if holding && (had_held || self.busy) && self.subscription.wake_at(cx, MAX_BATCH_BYTES) {
+            holding = false;
+        }
         let held_back = holding && (had_held || self.busy);
         if let Some(head) = self.head.take() {
             chunk.push_owned(head);

@@ -488,6 +488,34 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn half_a_queue_of_small_events_does_not_wait_for_the_delay() {
+        let bus = EventBus::memory();
+        let mut stream = stream(&bus, Duration::from_millis(8)).await;
+        assert!(chunk(&mut stream).await.starts_with("event: sse-status\n"));
+        bus.publish("t", Event::new("first")).await.unwrap();
+        assert!(ready_chunk(&mut stream).is_some());
+        // Far less than a chunk's bytes: gathered, and held for the delay.
+        let mut published = 0;
+        for _ in 0..600 {
+            bus.publish("t", Event::new("x")).await.unwrap();
+            published += 1;
+        }
+        assert_eq!(ready_chunk(&mut stream), None);
+        // Within the same delay, rounds of more than half the queue's 1 024 events go out at
+        // once; without that they would overflow it and end the stream.
+        let mut frames = 0;
+        for _ in 0..5 {
+            for _ in 0..600 {
+                bus.publish("t", Event::new("x")).await.unwrap();
+                published += 1;
+            }
+            let sent = ready_chunk(&mut stream).expect("half a queue does not wait");
+            frames += sent.matches("data: x\n").count();
+        }
+        assert_eq!(frames, published);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn without_write_delay_frames_go_out_at_once() {
         let bus = EventBus::memory();
         let mut stream = stream(&bus, Duration::ZERO).await;
