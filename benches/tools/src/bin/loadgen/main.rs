@@ -30,7 +30,9 @@
 //!   connection a third into the run and reconnects to the next instance with `Last-Event-ID`;
 //!   loss and duplicates across the reconnection are counted.
 //! - `idle`: open the subscribers, publish nothing, and report the servers' memory per
-//!   connection: (RSS with the connections open − RSS before) / connections.
+//!   connection: (RSS with the connections open − RSS before) / connections; with
+//!   `--hold-ms MS`, keep them open that long and report the servers' CPU per second of it
+//!   (`idle_cpu_per_s`).
 //!
 //! Only loopback targets are accepted. Every run is bounded (`--max-secs`) and stops by itself.
 //! Many connections need a raised file descriptor limit (`ulimit -n`); `benches/run-load.sh`

@@ -6,7 +6,7 @@ const USAGE: &str = "usage: loadgen [--scenario fanout|topics|resume|idle] \
 [--target URL[,URL...]] [--spawn-demo PATH] [--spawn-baseline PATH] [--instances M] \
 [--backend memory|pubsub] [--redis URL] [--server-arg ARG]... [--server-env NAME=VALUE]... [--pids PID[,PID...]] \
 [--redis-pid PID] [--subscribers N] [--topics T] [--events K] [--rate R] [--payload BYTES] \
-[--publishers P] [--drain-ms MS] [--resume-share F] [--pause-ms MS] [--settle-ms MS] \
+[--publishers P] [--drain-ms MS] [--resume-share F] [--pause-ms MS] [--settle-ms MS] [--hold-ms MS] \
 [--warmup-ms MS] \
 [--connect-concurrency C] [--threads N] [--label TEXT] [--max-secs S] [--verbose]";
 
@@ -52,6 +52,8 @@ pub(crate) struct Options {
     pub(crate) resume_share: f64,
     pub(crate) pause: Duration,
     pub(crate) settle: Duration,
+    /// Idle scenario: how long the streams stay open while the servers' CPU is measured.
+    pub(crate) hold: Duration,
     pub(crate) warmup: Duration,
     pub(crate) connect_concurrency: usize,
     pub(crate) threads: usize,
@@ -82,6 +84,7 @@ pub(crate) fn parse_options(mut args: impl Iterator<Item = String>) -> Result<Op
         resume_share: 0.5,
         pause: Duration::from_millis(100),
         settle: Duration::from_millis(1500),
+        hold: Duration::ZERO,
         warmup: Duration::ZERO,
         connect_concurrency: 128,
         threads: 1,
@@ -145,6 +148,7 @@ pub(crate) fn parse_options(mut args: impl Iterator<Item = String>) -> Result<Op
             "--resume-share" => o.resume_share = num(&name, &value()?)?,
             "--pause-ms" => o.pause = Duration::from_millis(num(&name, &value()?)?),
             "--settle-ms" => o.settle = Duration::from_millis(num(&name, &value()?)?),
+            "--hold-ms" => o.hold = Duration::from_millis(num(&name, &value()?)?),
             "--warmup-ms" => o.warmup = Duration::from_millis(num(&name, &value()?)?),
             "--connect-concurrency" => {
                 o.connect_concurrency = num::<usize>(&name, &value()?)?.max(1)

@@ -153,6 +153,9 @@ pub(crate) async fn run_one(
             };
             let _ = queues[instance][conn].send(job);
         }
+    } else {
+        // Idle: the servers' CPU while the streams stay open with nothing to send.
+        tokio::time::sleep(o.hold).await;
     }
     let publish_secs = start.elapsed().as_secs_f64();
     drop(queues);
@@ -319,6 +322,9 @@ pub(crate) async fn run_one(
         "active_secs": round(active_secs, 3),
         "deliveries_per_s": if active_secs > 0.0 { round(delivered as f64 / active_secs, 0) } else { 0.0 },
         "server_cpu_s": server_cpu.map(|c| round(c, 3)),
+        "idle_cpu_per_s": server_cpu
+            .filter(|_| !publishing && publish_secs > 0.0)
+            .map(|c| round(c / publish_secs, 5)),
         "cpu_us_per_delivery": cpu_us_per_delivery.map(|c| round(c, 3)),
         "server_writes_per_delivery": per_delivery(writes).map(|x| round(x, 4)),
         "server_reads_per_delivery": per_delivery(reads).map(|x| round(x, 4)),
