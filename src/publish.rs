@@ -31,6 +31,11 @@ use crate::{
 ///   [`max_event_bytes`](EventBus::max_event_bytes) (`413` past it).
 /// - The answer is `202 Accepted` with `{"id":"...","local_only":false}`: the id subscribers
 ///   see, and whether the event stayed on this instance (the broker was unreachable).
+/// - An `Idempotency-Key` header (1 to 128 visible ASCII characters) makes a retry safe on the
+///   Redis Streams backend: a publish repeating a key Redis still remembers
+///   ([`RedisConfig::idempotency_ttl`](crate::RedisConfig::idempotency_ttl)) publishes nothing
+///   and answers the first one's id (see `with_idempotency_key` in `bus::redis`). The
+///   in-process and Pub/Sub backends keep no history to check it against and ignore it.
 /// - Mistakes get a `4xx` with a message in plain text: another method (`405`), an invalid topic
 ///   or event type (`sse-` types are the crate's own; `400`), a body that is not UTF-8 (`400`).
 ///   A bus that cannot take the event answers `503` (or `504` on a timeout).
@@ -166,11 +171,20 @@ impl PublishService {
         let (parts, body) = request.into_parts();
         let topic = self.topic(&parts)?;
         self.check(&parts, &topic).await?;
+        let key = idempotency_key(&parts)?;
         let event = event(&parts, self.read(body).await?)?;
-        self.bus
-            .publish(topic, event)
-            .await
-            .map_err(|e| Refused::Status(e.status_code(), e.to_string()))
+        let publish = self.bus.publish(topic, event);
+        #[cfg(feature = "redis")]
+        let published = match key {
+            Some(key) => crate::bus::redis::with_idempotency_key(key, publish).await,
+            None => publish.await,
+        };
+        #[cfg(not(feature = "redis"))]
+        let published = {
+            let _ = key;
+            publish.await
+        };
+        published.map_err(|e| Refused::Status(e.status_code(), e.to_string()))
     }
 
     /// The topic in the request's path, for a `POST`.
@@ -216,6 +230,24 @@ impl PublishService {
         };
         String::from_utf8(bytes.into()).map_err(|_| bad_request("event data must be UTF-8 text"))
     }
+}
+
+/// The longest `Idempotency-Key` taken: each is a Redis key while it is remembered.
+const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+/// The request's `Idempotency-Key`, if any: 1 to 128 visible ASCII characters.
+fn idempotency_key(parts: &Parts) -> Result<Option<String>, Refused> {
+    let Some(value) = parts.headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bytes = value.as_bytes();
+    let visible = bytes.iter().all(|b| b.is_ascii_graphic());
+    if bytes.is_empty() || bytes.len() > MAX_IDEMPOTENCY_KEY || !visible {
+        return Err(bad_request(format_args!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+        )));
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
 }
 
 /// The event: `data`, and the type from the query parameter `event`, if any.

@@ -10,9 +10,12 @@ use std::{
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use support::http::{request, request_with, SseClient};
+use support::{
+    http::{request, request_with, SseClient},
+    redis::RedisServer,
+};
 use tokio::{net::TcpListener, task::JoinHandle};
-use tower_sse::{EventBus, JwtPolicy, PublishService, SseLayer};
+use tower_sse::{EventBus, JwtPolicy, PublishService, RedisConfig, SseLayer};
 
 const SECRET: &str = "publish-service-test-secret";
 
@@ -127,4 +130,43 @@ async fn a_policy_decides_with_the_authorization_header_only() {
     assert_eq!(status, 403, "another org: {body}");
     let (status, _, body) = request_with(app.addr, "POST", "/publish/org1:a", &headers, "x").await;
     assert_eq!(status, 202, "{body}");
+}
+
+#[tokio::test]
+async fn an_idempotency_key_makes_a_retry_safe_on_streams() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let bus = EventBus::builder()
+        .redis_streams(RedisConfig::new(server.url()))
+        .await
+        .unwrap();
+    let app = app(&bus, PublishService::new(bus.clone()).public()).await;
+    let mut client = SseClient::connect(app.addr, "/events/payments", None).await;
+    assert!(client.next_event().await.unwrap().is_status());
+
+    let key = [("idempotency-key", "delivery-42")];
+    let mut ids = Vec::new();
+    for data in ["paid", "paid (retried)"] {
+        let (status, _, body) =
+            request_with(app.addr, "POST", "/publish/payments", &key, data).await;
+        assert_eq!(status, 202, "{body}");
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        ids.push(answer["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids[0], ids[1], "the retry answers the first publish's id");
+    let (status, _, body) = request(app.addr, "POST", "/publish/payments", "next").await;
+    assert_eq!(status, 202, "{body}");
+    // The stream sees the first publish and the next one, never the retry.
+    assert_eq!(client.next_event().await.unwrap().data(), "paid");
+    assert_eq!(client.next_event().await.unwrap().data(), "next");
+    assert_eq!(
+        server.command(&["XLEN", "tower-sse:s:payments"]).trim(),
+        "2"
+    );
+
+    let bad = [("idempotency-key", "has space")];
+    let (status, _, body) = request_with(app.addr, "POST", "/publish/payments", &bad, "x").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("Idempotency-Key"), "{body}");
 }
