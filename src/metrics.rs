@@ -1,9 +1,9 @@
 //! Metrics through the [`metrics`](https://docs.rs/metrics) facade (feature `metrics`).
 //!
 //! Nothing is exported until your application installs a recorder (for example
-//! `metrics-exporter-prometheus`). Install it before building the [`EventBus`] and serving:
-//! the bus and each stream look their metrics up once, when they are created, so the path of
-//! an event only adds to counters.
+//! `metrics-exporter-prometheus`). Install it before building the
+//! [`EventBus`](crate::EventBus) and serving: the bus and each stream look their metrics up
+//! once, when they are created, so the path of an event only adds to counters.
 //!
 //! | name | type | labels | what |
 //! | --- | --- | --- | --- |

@@ -6,7 +6,8 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::stream::{text_response, EventStream};
 
-/// A refusal from an [`Authorize`] policy: `401` or `403` with a message for the client.
+/// A refusal from an [`Authorize`](super::Authorize) policy: `401` or `403` with a message for
+/// the client.
 ///
 /// # Example
 ///

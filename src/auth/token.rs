@@ -14,7 +14,7 @@ pub const TOKEN_QUERY_PARAM: &str = "access_token";
 pub const TOKEN_COOKIE: &str = "sse_token";
 
 /// The token of the request's `Authorization: Bearer TOKEN` header, if any: the only place a
-/// publish should take its token from (see [`Authorize`]).
+/// publish should take its token from (see [`Authorize`](super::Authorize)).
 ///
 /// # Example
 ///
@@ -53,7 +53,7 @@ pub fn header_token(request: &Parts) -> Option<&str> {
 /// headers), else in a cookie named [`sse_token`](TOKEN_COOKIE).
 ///
 /// Tokens in URLs end up in access logs: prefer short-lived ones there. Do not read a
-/// publisher's token with this: use [`header_token`] (see [`Authorize`]).
+/// publisher's token with this: use [`header_token`] (see [`Authorize`](super::Authorize)).
 ///
 /// # Example
 ///

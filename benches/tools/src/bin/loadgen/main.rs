@@ -37,8 +37,13 @@
 //! Only loopback targets are accepted. Every run is bounded (`--max-secs`) and stops by itself.
 //! Many connections need a raised file descriptor limit (`ulimit -n`); `benches/run-load.sh`
 //! sets it.
+//!
+//! One file per concern: `options` (the command line), `servers` (instances it starts),
+//! `subscriber` and `parser` (reading and checking the streams), `publisher`, `run` (one measured
+//! run), `report` (percentiles, the summary, the comparison of two servers) and `proc` (readings
+//! of `/proc`).
 
-// The result object is one large `json!` literal.
+// The result object (run.rs) is one large `json!` literal.
 #![recursion_limit = "256"]
 
 mod options;

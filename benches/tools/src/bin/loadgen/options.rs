@@ -10,6 +10,7 @@ const USAGE: &str = "usage: loadgen [--scenario fanout|topics|resume|idle] \
 [--warmup-ms MS] \
 [--connect-concurrency C] [--threads N] [--label TEXT] [--max-secs S] [--verbose]";
 
+/// What a run does (`--scenario`); see the crate docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Scenario {
     Fanout,
@@ -29,8 +30,8 @@ impl Scenario {
     }
 }
 
-#[derive(Debug, Clone)]
 /// What to run, against what.
+#[derive(Debug, Clone)]
 pub(crate) struct Options {
     pub(crate) scenario: Scenario,
     pub(crate) targets: Vec<SocketAddr>,

@@ -2,6 +2,7 @@
 
 use std::process::Command;
 
+/// `CLK_TCK`, the unit of the CPU times in `/proc/PID/stat`.
 pub(crate) fn clock_ticks_per_second() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
@@ -32,6 +33,7 @@ pub(crate) fn syscalls(pid: u32) -> Option<(u64, u64)> {
     Some((field("syscr:")?, field("syscw:")?))
 }
 
+/// `utime + stime` of the load generator itself, in clock ticks.
 pub(crate) fn cpu_ticks_self() -> Option<u64> {
     cpu_ticks(std::process::id())
 }
@@ -44,6 +46,7 @@ pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The sum of `f` over the processes: `None` without pids, or when one reading fails.
 pub(crate) fn sum(pids: &[u32], f: impl Fn(u32) -> Option<u64>) -> Option<u64> {
     if pids.is_empty() {
         return None;

@@ -13,6 +13,7 @@ use tokio::{net::TcpStream, sync::mpsc};
 
 use crate::now_us;
 
+/// The sending half of a publishing connection.
 pub(crate) type PublishConn = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 /// Opens one kept-alive connection for publishing.

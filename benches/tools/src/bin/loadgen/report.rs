@@ -4,6 +4,7 @@
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
+/// Latencies (µs) in an HDR histogram: 1 µs to 10 min, 3 significant digits.
 pub(crate) fn histogram(values: impl IntoIterator<Item = u32>) -> Histogram<u64> {
     let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
     for v in values {
@@ -12,6 +13,7 @@ pub(crate) fn histogram(values: impl IntoIterator<Item = u32>) -> Histogram<u64>
     h
 }
 
+/// The percentiles a result reports, or `null` with no sample.
 pub(crate) fn percentiles(h: &Histogram<u64>) -> Value {
     if h.is_empty() {
         return Value::Null;
@@ -26,6 +28,7 @@ pub(crate) fn percentiles(h: &Histogram<u64>) -> Value {
     })
 }
 
+/// A run's result in a few lines on stderr.
 pub(crate) fn summary(r: &Value) {
     let lat = &r["latency_us"];
     let ms = |v: &Value| {

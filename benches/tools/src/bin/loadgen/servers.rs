@@ -78,6 +78,7 @@ impl Servers {
         Ok(servers)
     }
 
+    /// The instances' process ids.
     pub(crate) fn pids(&self) -> Vec<u32> {
         self.children.iter().map(Child::id).collect()
     }
