@@ -300,7 +300,8 @@ impl Snippet {
             Snippet::Python => ("python3", "tests/redis-protocol/driver.py"),
             Snippet::Node => ("node", "tests/redis-protocol/driver.mjs"),
         };
-        let args = [driver, wiring.name(), &redis.url(), TOPIC, data, event].map(str::to_owned);
+        let url = redis.url();
+        let args = [driver, wiring.name(), url.as_str(), TOPIC, data, event].map(str::to_owned);
         let output = run(program, &args);
         String::from_utf8(output.stdout).unwrap().trim().to_owned()
     }
