@@ -290,7 +290,7 @@ impl Hub {
         }
         state.backlogged.retain(|queue| queue.check_stall(now));
         state.ticks += 1;
-        if state.ticks % 60 == 0 {
+        if state.ticks.is_multiple_of(60) {
             // Topics that lost everything some other way than the paths that forget them.
             let mut forgotten = state.forgotten;
             state.topics.retain(|_, t| {

@@ -56,7 +56,7 @@ impl Core {
                     rounds += 1;
                 }
                 Err(reason) => {
-                    if attempt % 10 == 0 {
+                    if attempt.is_multiple_of(10) {
                         tracing::warn!(topic = %lane.topic, %reason, attempt, "syncing a topic with the Redis Cluster failed; retrying");
                     }
                     self.set_failing(&mut lock(&lane.state), Some(reason));

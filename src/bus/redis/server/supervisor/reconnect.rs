@@ -64,7 +64,7 @@ impl<R: Receiver> Supervisor<R> {
                     return Ok(());
                 }
                 Err(reason) => {
-                    if attempt % 10 == 0 {
+                    if attempt.is_multiple_of(10) {
                         tracing::warn!(%reason, attempt, "reconnecting to Redis failed");
                     } else {
                         tracing::debug!(%reason, attempt, "reconnecting to Redis failed");
