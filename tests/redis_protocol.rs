@@ -167,8 +167,15 @@ fn doc_example(wiring: Wiring) -> String {
         }
     }
     let calls = format!("src/bus/redis/lua/{}.lua)", wiring.name());
-    let mine: Vec<String> = examples.into_iter().filter(|e| e.contains(&calls)).collect();
-    assert_eq!(mine.len(), 1, "one example in the doc for {wiring:?}: {mine:?}");
+    let mine: Vec<String> = examples
+        .into_iter()
+        .filter(|e| e.contains(&calls))
+        .collect();
+    assert_eq!(
+        mine.len(),
+        1,
+        "one example in the doc for {wiring:?}: {mine:?}"
+    );
     mine.into_iter().next().unwrap()
 }
 
@@ -469,10 +476,11 @@ fn the_doc_and_the_snippets_agree_with_the_crate() {
         let example = doc_example(wiring);
         assert!(example.contains(&limits), "{example}");
         assert!(example.contains(&wiring.channel(TOPIC)), "{example}");
-        // On a cluster the names are quoted (for their braces).
-        let keys: Vec<String> = (wiring.keys(TOPIC, "order-17-shipped").into_iter())
-            .map(|k| if wiring.on_cluster() { format!("'{k}'") } else { k })
-            .collect();
+        let mut keys = wiring.keys(TOPIC, "order-17-shipped");
+        if wiring.on_cluster() {
+            // Quoted, for their braces.
+            keys = keys.iter().map(|k| format!("'{k}'")).collect();
+        }
         let keys = keys.join(" ");
         assert!(example.contains(&keys), "{example}\nlacks {keys}");
     }
@@ -502,7 +510,11 @@ fn the_doc_and_the_snippets_agree_with_the_crate() {
             "IDLE_TTL_MS = 86_400_000",
             "REMEMBER_S = 120",
         ] {
-            assert!(text.contains(expected), "{} lacks {expected}", path.display());
+            assert!(
+                text.contains(expected),
+                "{} lacks {expected}",
+                path.display()
+            );
         }
     }
 }
