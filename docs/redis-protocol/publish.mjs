@@ -1,5 +1,5 @@
-// Publishing into a tower-sse bus from Node with the `redis` package (node-redis 4 or later), by
-// the Redis publish protocol, version 1 (../redis-protocol.md).
+// Publishing into a tower-sse bus from Node with the `redis` package (node-redis; tested with
+// 6.3.1), by the Redis publish protocol, version 1 (../redis-protocol.md).
 //
 // Each function takes a client of your own (createClient() for one server, createCluster() for
 // a cluster), the topic, the data and, optionally, the event type, and resolves to the event's
