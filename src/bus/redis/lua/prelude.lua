@@ -2,7 +2,7 @@
 --
 -- The prelude of every script (scripts.rs puts it in front of each). The publish scripts are a
 -- public protocol, for publishers in other languages too: docs/redis-protocol.md describes it.
--- A change another publisher or an instance of the same version would misread changes the
+-- Any change that a publisher or an instance of the previous version would misread changes the
 -- version, here and in `PROTOCOL_VERSION` (scripts.rs).
 --
 -- Every publish script takes
