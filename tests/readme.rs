@@ -1,5 +1,6 @@
-//! The README's framework excerpts are real code: every ```rust block (not `rust,ignore`)
-//! must appear, line by line and in order, in one of the examples (`// ...` marks a cut).
+//! The README's excerpts are real code: every ```rust block (not `rust,ignore`) must appear,
+//! line by line and in order, in one of the examples (`// ...` marks a cut), and every ```python
+//! block in the Python publish functions of docs/redis-protocol/ (`# ...` marks a cut).
 
 use std::{
     fs,
@@ -24,19 +25,23 @@ fn rust_files(dir: &Path, dirs: &mut Vec<PathBuf>) -> Vec<(String, Vec<String>)>
         if path.is_dir() {
             dirs.push(path);
         } else if path.extension().is_some_and(|e| e == "rs") {
-            let text = fs::read_to_string(&path).unwrap();
-            let lines = text.lines().map(|l| l.trim_end().to_owned()).collect();
-            files.push((path.display().to_string(), lines));
+            files.push((path.display().to_string(), lines_of(&path)));
         }
     }
     files
 }
 
-/// Whether `block`'s pieces (separated by `// ...` lines) appear in `file` in order, each piece
+/// The lines of `path`, without trailing spaces.
+fn lines_of(path: &Path) -> Vec<String> {
+    let text = fs::read_to_string(path).unwrap();
+    text.lines().map(|l| l.trim_end().to_owned()).collect()
+}
+
+/// Whether `block`'s pieces (separated by `cut` lines) appear in `file` in order, each piece
 /// as consecutive lines.
-fn contains(file: &[String], block: &[&str]) -> bool {
+fn contains(file: &[String], block: &[&str], cut: &str) -> bool {
     let mut from = 0;
-    for piece in block.split(|l| l.trim() == "// ...") {
+    for piece in block.split(|l| l.trim() == cut) {
         if piece.is_empty() {
             continue;
         }
@@ -50,23 +55,38 @@ fn contains(file: &[String], block: &[&str]) -> bool {
     true
 }
 
-#[test]
-fn readme_excerpts_match_the_examples() {
+/// Checks that every README block fenced as ```{fence} is in one of `files` (`cut` marks a
+/// cut); returns how many there were.
+fn check_blocks(fence: &str, files: &[(String, Vec<String>)], cut: &str) -> usize {
     let readme = fs::read_to_string("README.md").unwrap();
-    let examples = examples();
+    let opening = format!("```{fence}");
     let mut checked = 0;
     let mut lines = readme.lines();
     while let Some(line) = lines.next() {
-        if line.trim() != "```rust" {
+        if line.trim() != opening {
             continue;
         }
         let block: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
         assert!(
-            examples.iter().any(|(_, file)| contains(file, &block)),
-            "this README block is not in any example:\n{}",
+            files.iter().any(|(_, file)| contains(file, &block, cut)),
+            "this README block is not in any of {:?}:\n{}",
+            files.iter().map(|(name, _)| name).collect::<Vec<_>>(),
             block.join("\n")
         );
         checked += 1;
     }
+    checked
+}
+
+#[test]
+fn readme_excerpts_match_the_examples() {
+    let checked = check_blocks("rust", &examples(), "// ...");
     assert!(checked >= 4, "only {checked} blocks checked");
+}
+
+#[test]
+fn readme_python_is_the_publish_snippet() {
+    let path = Path::new("docs/redis-protocol/publish.py");
+    let files = [(path.display().to_string(), lines_of(path))];
+    assert_eq!(check_blocks("python", &files, "# ..."), 1);
 }

@@ -132,6 +132,14 @@
 //! `sse_redis_rejected_total` (feature `metrics`, label `reason`: `malformed`, `epoch`,
 //! `ahead`, `stale`). Where it hides real missing events, subscribers get the gap signal.
 //!
+//! # Publishing from other languages
+//!
+//! A program in any language can publish into a bus by calling the same Lua script an instance
+//! runs, with the same keys and arguments: the Redis publish protocol, version
+//! [`PROTOCOL_VERSION`], described in `docs/redis-protocol.md` with publish functions for
+//! Python and Node. Its events are numbered, stored and delivered like those of
+//! [`EventBus::publish`], and pass the same checks.
+//!
 //! # TLS
 //!
 //! With the feature `tls`, `rediss://` URLs (and cluster seeds) connect over TLS 1.2 or 1.3
@@ -172,6 +180,7 @@ use self::{
 pub use self::{
     config::{RedisConfig, SubscribeMode},
     publish::with_idempotency_key,
+    scripts::PROTOCOL_VERSION,
 };
 use super::{Builder, EventBus};
 use crate::error::BusError;

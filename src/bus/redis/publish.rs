@@ -102,7 +102,6 @@ pub(super) struct Publisher {
     max_len: usize,
     max_age: Duration,
     idle_ttl: Duration,
-    clock_step: Duration,
     replicas: usize,
     replica_timeout: Duration,
 }
@@ -130,16 +129,9 @@ impl Publisher {
             max_len: config.stream_max_len,
             max_age: config.stream_max_age,
             idle_ttl: config.idle_ttl(),
-            clock_step: Duration::from_secs(1),
             replicas: if stores { config.replicas } else { 0 },
             replica_timeout: config.replica_timeout,
         }
-    }
-
-    /// One server's Streams: the time between two checkpoints of its clock.
-    pub(super) fn with_clock_step(mut self, step: Duration) -> Self {
-        self.clock_step = step;
-        self
     }
 
     /// Publishes `event` to `target` through `route`.
@@ -183,7 +175,8 @@ impl Publisher {
         self.remember_secs > 0 && target.idempotency.is_some()
     }
 
-    /// The script's call: keys and arguments as `lua/prelude.lua` says.
+    /// The script's call: keys and arguments as `lua/prelude.lua` (and docs/redis-protocol.md)
+    /// says.
     fn invocation(&self, target: &Target, body: &[u8], envelope: &str) -> ScriptInvocation<'_> {
         let mut invocation = self.script.prepare_invoke();
         invocation.key(&target.state);
@@ -199,8 +192,7 @@ impl Publisher {
             .arg(self.remember_secs)
             .arg(self.max_len)
             .arg(millis(self.max_age))
-            .arg(millis(self.idle_ttl))
-            .arg(millis(self.clock_step));
+            .arg(millis(self.idle_ttl));
         invocation
     }
 

@@ -1,14 +1,23 @@
--- The prelude of every script (scripts.rs puts it in front of each).
+-- tower-sse Redis publish protocol v1
+--
+-- The prelude of every script (scripts.rs puts it in front of each). The publish scripts are a
+-- public protocol, for publishers in other languages too: docs/redis-protocol.md describes it.
+-- Any change that a publisher or an instance of the previous version would misread changes the
+-- version, here and in `PROTOCOL_VERSION` (scripts.rs).
 --
 -- Every publish script takes
 --   KEYS[1]  the state hash that numbers the event (`epoch`, `seq`)
---   ARGV[1]  an epoch to adopt when the hash has none (8 hex digits)
+--   ARGV[1]  an epoch to adopt when the hash has none (8 lowercase hex digits)
 --   ARGV[2]  the channel that announces the event
---   ARGV[3]  the envelope's line (envelope.rs)
+--   ARGV[3]  the envelope's line (envelope.rs), or nothing
 --   ARGV[4]  the event's fields, as `Event::encode_body` wrote them
 --   ARGV[5]  how long to remember the idempotency key KEYS[3] (s; '0': not at all)
--- and answers {epoch, seq, repeated}. Sequence numbers stay the strings Redis stores, never Lua
--- numbers (doubles), so they are exact at any size.
+--   ARGV[6]  Streams: the count limit of the topic's stream
+--   ARGV[7]  Streams: the age limit (ms)
+--   ARGV[8]  the idle TTL (ms) of the topic's stream (and, on a cluster, of its state)
+-- (the same eight for every script; those it does not use are ignored) and answers
+-- {epoch, seq, repeated}. Sequence numbers stay the strings Redis stores, never Lua numbers
+-- (doubles), so they are exact at any size.
 
 -- The epoch and sequence number of the topic's (or namespace's) last event.
 local function state()

@@ -1,7 +1,9 @@
 -- One server, Streams: numbers, stores, trims and announces an event (server/streams.rs).
 -- KEYS: 1-3 see the prelude (2 the topic's stream, 3 the idempotency key), 4 the clock.
--- ARGV: 1-5 see the prelude, 6 the count limit, 7 the age limit (ms), 8 the idle TTL (ms),
--- 9 the clock step (ms).
+-- ARGV: see the prelude (6 the count limit, 7 the age limit, 8 the idle TTL).
+--
+-- The clock gets a checkpoint at most every `step` ms: a thousandth of the idle TTL, at least a
+-- second, so it holds about a thousand and bounds derived from it are that coarse.
 local done = remembered()
 if done then return done end
 local epoch, seq, adopted = number_event()
@@ -13,7 +15,7 @@ if newest_checkpoint and tonumber(newest_checkpoint) >= tonumber(seq) then
 end
 local now = now_ms()
 local idle = tonumber(ARGV[8])
-local step = tonumber(ARGV[9])
+local step = math.max(1000, math.floor(idle / 1024))
 
 local prev
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]

@@ -8,8 +8,8 @@
 //!   number is increasing, so it is a valid stream id), fields `f` (the frame, in its envelope)
 //!   and `p` (the topic's previous event: see below).
 //! - `{prefix}:clock`: a sorted set of checkpoints, sequence numbers scored with the time they
-//!   were published at (at most one per [`clock_step`]), which lets the scripts turn "older than
-//!   a duration" into "numbered below a sequence number".
+//!   were published at (at most one per thousandth of the idle TTL, and per second), which lets
+//!   the scripts turn "older than a duration" into "numbered below a sequence number".
 //! - `{prefix}:i:{key}`: the id a publish with this idempotency key got, for a few minutes.
 //! - Channel `{prefix}:n:{topic}`: one notification per event, `{p} {frame}`.
 //!
@@ -125,12 +125,6 @@ struct Core {
     gate: Mutex<()>,
 }
 
-/// The time between two clock checkpoints: a thousandth of the idle TTL, at least a second.
-/// The clock holds about a thousand entries, and bounds derived from it are that coarse.
-fn clock_step(idle_ttl: Duration) -> Duration {
-    (idle_ttl / 1024).max(Duration::from_secs(1))
-}
-
 /// Connects, starts the supervisor and the pipeline, and waits until the pipeline knows the
 /// epoch.
 pub(in crate::bus::redis) async fn connect(
@@ -163,8 +157,7 @@ pub(in crate::bus::redis) async fn connect(
         counter: 0,
     };
     tokio::spawn(task.run());
-    let publisher = Publisher::new(&scripts::STREAMS, &config, true)
-        .with_clock_step(clock_step(config.idle_ttl()));
+    let publisher = Publisher::new(&scripts::STREAMS, &config, true);
     let hub = core.hub.clone();
     let wiring = Streams {
         core,
@@ -254,19 +247,5 @@ impl fmt::Debug for Streams {
             .field("max_age", &self.max_age)
             .field("idle_ttl", &self.pages.idle_ttl)
             .finish()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn clock_steps() {
-        assert_eq!(clock_step(Duration::from_secs(60)), Duration::from_secs(1));
-        assert_eq!(
-            clock_step(Duration::from_secs(86_400)),
-            Duration::from_secs(86_400) / 1024
-        );
     }
 }
