@@ -147,6 +147,7 @@ pub mod server;
 mod service;
 mod stream;
 mod sync;
+mod text;
 
 #[doc(inline)]
 pub use self::{

@@ -21,6 +21,7 @@ use crate::{
     event::Event,
     query::{percent_decode, query_value},
     route::Access,
+    text::plain_text,
 };
 
 /// A tower [`Service`] that publishes the body of `POST {path}{topic}` as an event.
@@ -146,13 +147,13 @@ impl Refused {
     fn into_response(self) -> Answer {
         match self {
             Self::Method => {
-                let mut answer = text(StatusCode::METHOD_NOT_ALLOWED, "publish with POST");
+                let mut answer = plain_text(StatusCode::METHOD_NOT_ALLOWED, "publish with POST");
                 let allow = HeaderValue::from_static("POST");
                 answer.headers_mut().insert(header::ALLOW, allow);
                 answer
             }
             Self::Denied(denied) => denied.into_response(),
-            Self::Status(status, message) => text(status, &message),
+            Self::Status(status, message) => plain_text(status, message),
         }
     }
 }
@@ -270,16 +271,6 @@ fn accepted(published: &Published) -> Answer {
     answer.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
-    );
-    answer
-}
-
-fn text(status: StatusCode, message: &str) -> Answer {
-    let mut answer = Response::new(Full::new(Bytes::from(format!("{message}\n"))));
-    *answer.status_mut() = status;
-    answer.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     answer
 }

@@ -108,14 +108,8 @@ impl Denied {
     /// A `text/plain` response: the status, `WWW-Authenticate` for a `401`, and the message
     /// (with a final newline) as the body.
     pub fn into_response<B: From<String>>(self) -> Response<B> {
-        let mut message = self.message.to_string();
-        message.push('\n');
-        let mut response = Response::new(B::from(message));
+        let mut response = crate::text::plain_text(self.status_code(), self.message.to_string());
         self.decorate(&mut response);
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
         response
     }
 

@@ -317,15 +317,8 @@ pub(crate) fn text_response(
     status: StatusCode,
     message: impl Into<String>,
 ) -> Response<EventStream> {
-    let mut message = message.into();
-    message.push('\n');
-    let mut response = Response::new(EventStream::fixed(Bytes::from(message)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
+    crate::text::plain_text::<String>(status, message)
+        .map(|body| EventStream::fixed(Bytes::from(body)))
 }
 
 impl Body for EventStream {
